@@ -1,0 +1,74 @@
+"""The `akfc` command line: one subcommand per pipeline entry point.
+
+Library code logs through `logging`; only this module prints and sets the
+verbosity. Each subcommand lives in its own module under `akfc.commands` and
+exposes `register(subparsers)`, which adds its parser and sets `func`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from akfc import __version__
+from akfc.errors import AkfcError
+
+__all__ = ["main", "build_parser"]
+
+# Modules under akfc.commands, in the order `akfc --help` lists them.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="akfc",
+        description=(
+            "Fuse trained single-task ONNX models into one multi-task ONNX graph "
+            "with an Adaptive Knowledge Fusion Transformer."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"akfc {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"akfc.commands.{name}").register(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    if quiet:
+        level = logging.ERROR
+    elif verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except AkfcError as error:
+        print(f"akfc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"akfc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

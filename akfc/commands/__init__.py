@@ -1,0 +1,1 @@
+"""Subcommands of the `akfc` command line, one module each."""
