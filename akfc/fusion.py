@@ -1,0 +1,308 @@
+"""The Adaptive Knowledge Fusion (AKF) model over frozen source components.
+
+Shapes use these letters: B batch, M sources, T tasks, D fusion width,
+W a source's flattened frontier width per row.
+
+At every level k the model runs each source's level-k block on its input
+frontier, then
+
+1. projects the block's output frontier (flattened and concatenated per row)
+   to the common width D: ``z_m = LayerNorm(Linear(e_m))``;
+2. mixes the projections of each task's sources with a softmax gate computed
+   from them (intra-task mixture of experts): ``u_t = sum_m g_tm z_m``;
+3. lets the task tokens ``u_t + task_embedding_t`` attend to each other in a
+   pre-norm multi-head Transformer encoder layer: ``v_t``;
+4. feeds ``v_t`` back into every float tensor ``f`` of the source's output
+   frontier: ``f + A_m(v_t)``, reshaped to ``f``'s shape.
+
+The adapters ``A_m`` start at zero, so before training the fused model
+computes exactly what its sources compute. A task with several sources outputs
+a learned mixture of their probabilities (values for regression). The mixture
+weights start uniform, so the fused model starts as the sources' ensemble.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "TASK_KINDS",
+    "AKFLevel",
+    "FusedModel",
+    "FusionConfig",
+    "IdentityBlock",
+    "SourceComponents",
+    "TaskMixture",
+    "frontier_width",
+]
+
+TASK_KINDS = ("binary", "multiclass", "regression")
+
+Frontier = tuple[Tensor, ...]
+
+
+@dataclass
+class FusionConfig:
+    """Hyper-parameters of the AKF layers (the source components bring their own)."""
+
+    width: int = 64  # D: common width of the task tokens
+    heads: int = 4  # attention heads of the inter-task layer; must divide width
+    ffn_multiplier: int = 2  # hidden width of the inter-task feed-forward, in multiples of D
+    dropout: float = 0.0  # on attention weights and the feed-forward; 0 keeps runs bit-reproducible across devices
+
+
+@dataclass
+class SourceComponents:
+    """One source's trainable view: its blocks and head as torch modules.
+
+    Every block and the head take a frontier (a tuple of tensors, batch first)
+    and return one. ``frontiers[k]`` lists the per-row shapes and dtypes of
+    the level-k frontier: ``frontiers[0]`` is what the stem produces,
+    ``frontiers[k]`` what block k produces (k = 1..L). A level the source is
+    too shallow for has an identity block.
+    """
+
+    name: str
+    task: str
+    blocks: list[nn.Module]
+    head: nn.Module
+    frontiers: list[list[tuple[tuple[int, ...], torch.dtype]]]
+    output: str = "logit"  # what the head returns: "logit", "probability" (no logit exposed) or "value"
+    classes: int = 1  # width of the head output: 1 for binary and regression
+
+
+def frontier_width(shapes: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """Return W, the per-row element count of a frontier's float tensors."""
+    return sum(math.prod(shape) for shape, dtype in shapes if dtype.is_floating_point)
+
+
+class IdentityBlock(nn.Module):
+    """The block of a level a source is too shallow for: returns its frontier unchanged."""
+
+    def forward(self, *frontier: Tensor) -> Frontier:
+        return tuple(frontier)
+
+
+class _InterTaskLayer(nn.Module):
+    """Pre-norm Transformer encoder layer over the T task tokens that returns its attention too."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        d = config.width
+        self.norm_attention = nn.LayerNorm(d)
+        self.attention = nn.MultiheadAttention(d, config.heads, dropout=config.dropout, batch_first=True)
+        self.norm_ffn = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, config.ffn_multiplier * d),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.ffn_multiplier * d, d),
+        )
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.norm_attention(tokens)  # (B, T, D)
+        mixed, attention = self.attention(h, h, h, need_weights=True, average_attn_weights=True)  # attention: (B, T, T)
+        tokens = tokens + mixed
+        tokens = tokens + self.ffn(self.norm_ffn(tokens))
+        return tokens, attention
+
+
+class AKFLevel(nn.Module):
+    """The fusion at one level: projection, intra-task gates, inter-task attention, zero-initialised feedback."""
+
+    def __init__(
+        self,
+        config: FusionConfig,
+        frontiers: Sequence[Sequence[tuple[tuple[int, ...], torch.dtype]]],
+        source_tasks: Sequence[int],
+        task_count: int,
+    ) -> None:
+        """Build the level for M sources.
+
+        Arguments:
+            config: the fusion hyper-parameters.
+            frontiers: per source, the shapes and dtypes of its frontier after this level's block.
+            source_tasks: per source, the index of its task in 0..T-1.
+            task_count: T.
+        """
+        super().__init__()
+        if config.width % config.heads:
+            raise ValueError(f"fusion width {config.width} is not divisible by heads {config.heads}")
+        self.source_tasks = list(source_tasks)
+        self.shapes = [[shape for shape, _ in frontier] for frontier in frontiers]
+        self.is_float = [[dtype.is_floating_point for _, dtype in frontier] for frontier in frontiers]
+        self.task_sources = [[m for m, t in enumerate(self.source_tasks) if t == task] for task in range(task_count)]
+        d = config.width
+
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Linear(frontier_width(frontier), d), nn.LayerNorm(d)) for frontier in frontiers
+        )
+        # One gate per task with several sources (a lone source has weight 1);
+        # a zero gate starts uniform over the task's sources.
+        self.gates = nn.ModuleDict()
+        for task, sources in enumerate(self.task_sources):
+            if len(sources) > 1:
+                gate = nn.Linear(len(sources) * d, len(sources))
+                nn.init.zeros_(gate.weight)
+                nn.init.zeros_(gate.bias)
+                self.gates[str(task)] = gate
+        self.task_embeddings = nn.Parameter(torch.randn(task_count, d) * 0.02)
+        self.inter_task = _InterTaskLayer(config)
+        self.adapters = nn.ModuleList()
+        for m, frontier in enumerate(frontiers):
+            per_tensor = nn.ModuleList()
+            for shape, dtype in frontier:
+                adapter = nn.Linear(d, math.prod(shape)) if dtype.is_floating_point else nn.Identity()
+                if dtype.is_floating_point:
+                    # Zero feedback at start: the fused model begins equal to its sources.
+                    nn.init.zeros_(adapter.weight)
+                    nn.init.zeros_(adapter.bias)
+                per_tensor.append(adapter)
+            self.adapters.append(per_tensor)
+
+    def forward(self, frontiers: list[Frontier]) -> tuple[list[Frontier], list[Tensor], Tensor]:
+        """Fuse the block outputs of every source.
+
+        Returns the frontiers with feedback added, the gate weights per task
+        (each (B, M_t)) and the inter-task attention (B, T, T).
+        """
+        # 1. projection of each source's flattened float frontier: z_m (B, D)
+        z = []
+        for m, frontier in enumerate(frontiers):
+            flat = [t.flatten(1) for t, is_float in zip(frontier, self.is_float[m]) if is_float]
+            z.append(self.projections[m](torch.cat(flat, dim=1)))
+
+        # 2. intra-task gates: u_t (B, D)
+        tokens, gate_weights = [], []
+        for task, sources in enumerate(self.task_sources):
+            if str(task) not in self.gates:
+                tokens.append(z[sources[0]])
+                gate_weights.append(torch.ones_like(z[sources[0]][:, :1]))
+                continue
+            stacked = torch.stack([z[m] for m in sources], dim=1)  # (B, M_t, D)
+            weights = torch.softmax(self.gates[str(task)](stacked.flatten(1)), dim=-1)  # (B, M_t)
+            tokens.append((weights.unsqueeze(-1) * stacked).sum(dim=1))
+            gate_weights.append(weights)
+
+        # 3. inter-task attention over the task tokens: v (B, T, D)
+        v, attention = self.inter_task(torch.stack(tokens, dim=1) + self.task_embeddings)
+
+        # 4. feedback into every float tensor of each source's frontier
+        fed_back = []
+        for m, frontier in enumerate(frontiers):
+            v_m = v[:, self.source_tasks[m]]
+            out = []
+            for tensor, shape, is_float, adapter in zip(frontier, self.shapes[m], self.is_float[m], self.adapters[m]):
+                out.append(tensor + adapter(v_m).view(-1, *shape).to(tensor.dtype) if is_float else tensor)
+            fed_back.append(tuple(out))
+        return fed_back, gate_weights, attention
+
+
+class TaskMixture(nn.Module):
+    """A task's output: the learned mixture of its sources' outputs, uniform at start.
+
+    For classification the mixture is over probabilities; ``log_probability``
+    computes its logarithm stably from the sources' logits for the loss.
+    """
+
+    def __init__(self, kind: str, source_outputs: Sequence[str]) -> None:
+        super().__init__()
+        if kind not in TASK_KINDS:
+            raise ValueError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
+        self.kind = kind
+        self.source_outputs = list(source_outputs)
+        self.mixture_logits = nn.Parameter(torch.zeros(len(source_outputs)))
+
+    def weights(self) -> Tensor:
+        return torch.softmax(self.mixture_logits, dim=0)
+
+    def _log_probabilities(self, head_outputs: Sequence[Tensor]) -> Tensor:
+        """Per source log-probabilities, stacked: (M_t, B, C), C = 2 for binary (classes 0 and 1)."""
+        logs = []
+        for output, kind in zip(head_outputs, self.source_outputs):
+            if kind == "logit" and self.kind == "binary":
+                logs.append(torch.cat([nn.functional.logsigmoid(-output), nn.functional.logsigmoid(output)], dim=-1))
+            elif kind == "logit":
+                logs.append(torch.log_softmax(output, dim=-1))
+            else:
+                # A source that exposes only probabilities (tree ensembles): clamp so that log stays finite.
+                p = output.clamp(1e-12, 1.0)
+                logs.append(torch.cat([torch.log1p(-p.clamp(max=1 - 1e-7)), p.log()], dim=-1) if self.kind == "binary" else p.log())
+        return torch.stack(logs)
+
+    def log_probability(self, head_outputs: Sequence[Tensor]) -> Tensor:
+        """Log of the mixture's class probabilities: (B, 2) for binary, (B, C) for multiclass."""
+        log_weights = torch.log_softmax(self.mixture_logits, dim=0).view(-1, 1, 1)
+        return torch.logsumexp(log_weights + self._log_probabilities(head_outputs), dim=0)
+
+    def forward(self, head_outputs: Sequence[Tensor]) -> Tensor:
+        """Compute the task output: P(class 1) (B, 1) for binary, probabilities (B, C) for multiclass, values (B, 1) for regression."""
+        if self.kind == "regression":
+            weights = self.weights()
+            return sum(w * y for w, y in zip(weights, head_outputs))
+        probabilities = self.log_probability(head_outputs).exp()
+        return probabilities[:, 1:] if self.kind == "binary" else probabilities
+
+
+@dataclass
+class FusedOutput:
+    """Result of one forward pass of the fused model."""
+
+    outputs: dict[str, Tensor]  # per task: probabilities or values, as the sources output them
+    head_outputs: dict[str, list[Tensor]]  # per task: each source's raw head output (logit, probability or value)
+    gates: list[list[Tensor]] = field(default_factory=list)  # per level, per task: (B, M_t)
+    attention: list[Tensor] = field(default_factory=list)  # per level: (B, T, T)
+
+
+class FusedModel(nn.Module):
+    """Source blocks and heads (frozen unless unfrozen) with AKF levels between them."""
+
+    def __init__(self, sources: Sequence[SourceComponents], task_kinds: dict[str, str], config: FusionConfig) -> None:
+        super().__init__()
+        levels = {len(source.blocks) for source in sources}
+        if len(levels) != 1:
+            raise ValueError(f"every source needs the same number of levels, got {sorted(levels)}")
+        (self.level_count,) = levels
+        self.config = config
+        self.source_names = [source.name for source in sources]
+        self.task_names = list(task_kinds)
+        source_tasks = [self.task_names.index(source.task) for source in sources]
+        self.blocks = nn.ModuleList(nn.ModuleList(source.blocks) for source in sources)
+        self.heads = nn.ModuleList(source.head for source in sources)
+        self.levels = nn.ModuleList(
+            AKFLevel(config, [source.frontiers[k + 1] for source in sources], source_tasks, len(self.task_names))
+            for k in range(self.level_count)
+        )
+        self.task_sources = {
+            task: [m for m, source in enumerate(sources) if source.task == task] for task in self.task_names
+        }
+        self.mixtures = nn.ModuleDict(
+            {
+                task: TaskMixture(kind, [sources[m].output for m in self.task_sources[task]])
+                for task, kind in task_kinds.items()
+            }
+        )
+
+    def forward(self, stem_frontiers: list[Frontier]) -> FusedOutput:
+        """Run the fusion from the cached stem outputs (one frontier per source, in source order)."""
+        frontiers = list(stem_frontiers)
+        gates, attention = [], []
+        for k, level in enumerate(self.levels):
+            frontiers = [tuple(self.blocks[m][k](*frontier)) for m, frontier in enumerate(frontiers)]
+            frontiers, level_gates, level_attention = level(frontiers)
+            gates.append(level_gates)
+            attention.append(level_attention)
+        head_outputs = [self.heads[m](*frontier) for m, frontier in enumerate(frontiers)]
+        head_outputs = [out[0] if isinstance(out, (tuple, list)) else out for out in head_outputs]
+        per_task = {task: [head_outputs[m] for m in sources] for task, sources in self.task_sources.items()}
+        outputs = {task: self.mixtures[task](per_task[task]) for task in self.task_names}
+        return FusedOutput(outputs=outputs, head_outputs=per_task, gates=gates, attention=attention)
+
+    def akf_parameters(self) -> list[nn.Parameter]:
+        """Return the parameters the fusion adds (levels and mixtures), as opposed to the sources' own."""
+        return [p for module in (self.levels, self.mixtures) for p in module.parameters()]

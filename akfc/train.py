@@ -1,0 +1,284 @@
+"""Training of the fused model: per-task losses, AdamW, early stopping, resumable checkpoints.
+
+The loop trains on cached stem outputs (the stems are frozen and run once per
+dataset in onnxruntime), so one batch is a set of row indices into tensors
+that are already in memory or memory-mapped.
+
+Early stopping follows one validation score: the mean over tasks of the
+relative improvement of each task's primary metric (AUC for binary and
+multiclass, RMSE for regression) over its value before the first step. The
+weights with the best score are kept and restored at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from akfc.fusion import FusedModel
+from akfc.metrics import PRIMARY_METRIC, relative_improvement, task_metrics
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EpochSummary",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingSet",
+    "evaluate",
+    "load_checkpoint",
+    "predict",
+    "task_loss",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+LAST_CHECKPOINT = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one compile."""
+
+    epochs: int = 20  # upper bound; early stopping usually ends sooner
+    patience: int = 3  # epochs without a better validation score before stopping
+    batch_size: int = 512
+    lr: float = 1e-3  # AdamW learning rate of the fusion parameters
+    weight_decay: float = 1e-4
+    seed: int = 0  # seeds parameter init (by the caller) and the batch order
+    eval_batch_size: int = 8192
+
+
+@dataclass
+class TrainingSet:
+    """Cached stem outputs of every source plus the task labels, row-aligned."""
+
+    frontiers: list[tuple[Tensor, ...]]  # per source: its stem frontier tensors, each (N, ...)
+    labels: dict[str, Tensor]  # per task: (N,) int64 class ids or float32 values
+
+    def __len__(self) -> int:
+        return next(iter(self.labels.values())).shape[0]
+
+    def rows(self, index: Tensor | slice, device: torch.device | str = "cpu") -> tuple[list[tuple[Tensor, ...]], dict[str, Tensor]]:
+        frontiers = [tuple(t[index].to(device) for t in frontier) for frontier in self.frontiers]
+        labels = {task: y[index].to(device) for task, y in self.labels.items()}
+        return frontiers, labels
+
+
+@dataclass
+class EpochSummary:
+    """One line of training progress."""
+
+    epoch: int
+    loss: float
+    metrics: dict[str, dict[str, float]]
+    score: float  # mean relative improvement over the step-0 metrics
+    seconds: float
+    best: bool
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the best weights are loaded into the model."""
+
+    baseline: dict[str, dict[str, float]]  # validation metrics before the first step
+    best_metrics: dict[str, dict[str, float]]
+    best_score: float
+    best_epoch: int  # 0 when no epoch beat the starting point
+    history: list[EpochSummary] = field(default_factory=list)
+
+
+def task_loss(model: FusedModel, head_outputs: Mapping[str, Sequence[Tensor]], outputs: Mapping[str, Tensor], labels: Mapping[str, Tensor]) -> Tensor:
+    """Sum the per-task losses: cross-entropy on the mixture's log-probabilities, MSE for regression."""
+    total = torch.zeros((), device=next(iter(outputs.values())).device)
+    for task, mixture in model.mixtures.items():
+        if mixture.kind == "regression":
+            total = total + nn.functional.mse_loss(outputs[task].reshape(-1), labels[task].float())
+        else:
+            log_probability = mixture.log_probability(head_outputs[task])
+            total = total + nn.functional.nll_loss(log_probability, labels[task].long())
+    return total
+
+
+@torch.no_grad()
+def predict(model: FusedModel, data: TrainingSet, batch_size: int = 8192, device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """Run the fused model over a whole set; return each task's outputs as numpy arrays."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[np.ndarray]] = {task: [] for task in model.task_names}
+    for start in range(0, len(data), batch_size):
+        frontiers, _ = data.rows(slice(start, start + batch_size), device)
+        out = model(frontiers)
+        for task in model.task_names:
+            chunks[task].append(out.outputs[task].float().cpu().numpy())
+    model.train(was_training)
+    return {task: np.concatenate(parts) for task, parts in chunks.items()}
+
+
+def evaluate(model: FusedModel, data: TrainingSet, kinds: Mapping[str, str], batch_size: int = 8192, device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+    """Compute every task's metrics of the fused model on a set."""
+    predictions = predict(model, data, batch_size, device)
+    return {task: task_metrics(kinds[task], data.labels[task].numpy(), predictions[task]) for task in model.task_names}
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint written by `train`; only tensors and plain containers are accepted."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _summary_line(summary: EpochSummary, kinds: Mapping[str, str]) -> str:
+    metrics = " ".join(
+        f"{task} {PRIMARY_METRIC[kinds[task]]} {values[PRIMARY_METRIC[kinds[task]]]:.4f}" for task, values in summary.metrics.items()
+    )
+    mark = " (best)" if summary.best else ""
+    return f"epoch {summary.epoch}: loss {summary.loss:.4f} {metrics} score {summary.score:+.5f} {summary.seconds:.1f}s{mark}"
+
+
+def train(
+    model: FusedModel,
+    kinds: Mapping[str, str],
+    train_set: TrainingSet,
+    valid_set: TrainingSet,
+    config: TrainConfig,
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    fingerprint: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[EpochSummary, str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train the fusion parameters with early stopping; leave the best weights in `model`.
+
+    Arguments:
+        model: the fused model; parameters with requires_grad are trained.
+        kinds: task name -> kind.
+        train_set, valid_set: cached stem outputs and labels.
+        config: optimisation settings.
+        checkpoint_dir: where `last.pt` is written after each epoch.
+        resume: continue from `last.pt` (same config and sources required).
+        fingerprint: recorded in checkpoints and compared on resume (config
+            and source sha256s), so a resume cannot mix two different runs.
+        on_epoch: called with each epoch's summary and its printable line.
+        progress: called as progress(batches_done, batches_total) within an epoch.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = dict(fingerprint or {})
+    # The epoch budget and patience may change between an interrupted run and its resume.
+    fingerprint["train"] = {key: value for key, value in asdict(config).items() if key not in ("epochs", "patience")}
+    model.to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    order = torch.Generator().manual_seed(config.seed)
+
+    # 1. the starting point: validation metrics before any step
+    baseline = evaluate(model, valid_set, kinds, config.eval_batch_size, device)
+    best = {"score": 0.0, "epoch": 0, "metrics": baseline, "model": _cpu_state(model)}
+    history: list[EpochSummary] = []
+    start_epoch = 1
+
+    # 2. resume from the last finished epoch
+    last_path = checkpoint_dir / LAST_CHECKPOINT
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        _check_resumable(state, fingerprint, last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        order.set_state(state["rng"]["order"])
+        baseline, best = state["baseline"], state["best"]
+        history = [EpochSummary(**entry) for entry in state["history"]]
+        start_epoch = state["epoch"] + 1
+        logger.info("resumed from %s after epoch %d", last_path, state["epoch"])
+
+    # 3. epochs
+    batches = (len(train_set) + config.batch_size - 1) // config.batch_size
+    for epoch in range(start_epoch, config.epochs + 1):
+        if epoch - best["epoch"] > config.patience:
+            break
+        started = time.perf_counter()
+        model.train()
+        permutation = torch.randperm(len(train_set), generator=order)
+        total, rows = 0.0, 0
+        for b in range(batches):
+            index = permutation[b * config.batch_size : (b + 1) * config.batch_size]
+            frontiers, labels = train_set.rows(index, device)
+            out = model(frontiers)
+            loss = task_loss(model, out.head_outputs, out.outputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+            rows += len(index)
+            if progress is not None:
+                progress(b + 1, batches)
+
+        metrics = evaluate(model, valid_set, kinds, config.eval_batch_size, device)
+        score = relative_improvement(kinds, metrics, baseline)
+        improved = score > best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch, "metrics": metrics, "model": _cpu_state(model)}
+        summary = EpochSummary(epoch, total / max(rows, 1), metrics, score, time.perf_counter() - started, improved)
+        history.append(summary)
+        _write_atomic(
+            last_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "model": _cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "order": order.get_state()},
+                "baseline": baseline,
+                "best": best,
+                "history": [asdict(entry) for entry in history],
+            },
+        )
+        line = _summary_line(summary, kinds)
+        logger.info("%s; checkpoint %s", line, last_path)
+        if on_epoch is not None:
+            on_epoch(summary, line)
+
+    # 4. keep the best weights (the starting point when no epoch improved on it)
+    model.load_state_dict(best["model"])
+    return TrainResult(baseline, best["metrics"], best["score"], best["epoch"], history)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+
+
+def _check_resumable(state: Mapping[str, Any], fingerprint: Mapping[str, Any], path: Path) -> None:
+    from akfc.errors import SpecError
+
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise SpecError(f"checkpoint {path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}; delete it to start over")
+    if state["fingerprint"] != fingerprint:
+        changed = sorted(key for key in set(state["fingerprint"]) | set(fingerprint) if state["fingerprint"].get(key) != fingerprint.get(key))
+        raise SpecError(
+            f"cannot resume from {path}: it was written by a run with different {', '.join(changed)}; "
+            "rerun without --resume, or with the options and sources of the interrupted run"
+        )
