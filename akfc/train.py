@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from akfc.atomic import write_atomic
 from akfc.fusion import FusedModel
 from akfc.metrics import PRIMARY_METRIC, relative_improvement, task_metrics
 
@@ -132,17 +132,6 @@ def evaluate(model: FusedModel, data: TrainingSet, kinds: Mapping[str, str], bat
     return {task: task_metrics(kinds[task], data.labels[task].numpy(), predictions[task]) for task in model.task_names}
 
 
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint written by `train`; only tensors and plain containers are accepted."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -243,20 +232,18 @@ def train(
             best = {"score": score, "epoch": epoch, "metrics": metrics, "model": _cpu_state(model)}
         summary = EpochSummary(epoch, total / max(rows, 1), metrics, score, time.perf_counter() - started, improved)
         history.append(summary)
-        _write_atomic(
-            last_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "order": order.get_state()},
-                "baseline": baseline,
-                "best": best,
-                "history": [asdict(entry) for entry in history],
-            },
-        )
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "model": _cpu_state(model),
+            "optimizer": optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "order": order.get_state()},
+            "baseline": baseline,
+            "best": best,
+            "history": [asdict(entry) for entry in history],
+        }
+        write_atomic(last_path, lambda tmp: torch.save(checkpoint, tmp))
         line = _summary_line(summary, kinds)
         logger.info("%s; checkpoint %s", line, last_path)
         if on_epoch is not None:

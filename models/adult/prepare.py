@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+from akfc.atomic import write_atomic
 
 __all__ = [
     "CATEGORICAL",
@@ -110,18 +111,6 @@ def _standardisation(values: np.ndarray) -> tuple[float, float]:
     return mean, std if std > 0 else 1.0
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare(out_dir: str | os.PathLike[str], config: str = "adult", data_dir: str | os.PathLike[str] = DATA_DIR) -> dict[str, Any]:
     """Write the three splits and schema.json of one configuration; return the schema.
 
@@ -193,7 +182,7 @@ def prepare(out_dir: str | os.PathLike[str], config: str = "adult", data_dir: st
             columns = {name: values[rows[split]] for name, values in columns.items()}
         table = pa.table(columns)
         row_counts[split] = table.num_rows
-        _write_atomic(out_dir / f"{split}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
+        write_atomic(out_dir / f"{split}.parquet", lambda tmp, table=table: pq.write_table(table, tmp))
 
     # 6. the schema
     tasks: dict[str, dict[str, Any]] = {}
@@ -220,7 +209,7 @@ def prepare(out_dir: str | os.PathLike[str], config: str = "adult", data_dir: st
         mean, std = statistics["hours-per-week"]
         schema["tasks"]["hours"]["standardisation"] = {"column": "hours-per-week", "mean": mean, "std": std}
     text = json.dumps(schema, indent=2) + "\n"
-    _write_atomic(out_dir / "schema.json", lambda tmp: Path(tmp).write_text(text))
+    write_atomic(out_dir / "schema.json", lambda tmp: Path(tmp).write_text(text))
     return schema
 
 
