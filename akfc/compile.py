@@ -1,0 +1,490 @@
+"""`akfc.compile`: sources and data in, one verified multi-task ONNX graph out.
+
+The steps, each in its own module:
+
+1. load, validate and bring the sources to one opset   (akfc.passes.load, .opset)
+2. normalise and decompose each source                (akfc.passes.normalize, .decompose)
+3. run the stems once per split in onnxruntime        (akfc.runtime)
+4. lower blocks and heads to torch                    (akfc.lower)
+5. build and train the AKF fusion model               (akfc.fusion, akfc.train)
+6. recompile into one ONNX graph, verify, write       (akfc.recompile)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import torch
+
+from akfc import __version__
+from akfc.atomic import write_atomic
+from akfc.data import InputSignature, bind_input, check_same_columns, read_table, task_labels
+from akfc.errors import DataError, ModelError, SpecError
+from akfc.fusion import FusedModel, FusionConfig, IdentityBlock, SourceComponents
+from akfc.lower import lower
+from akfc.metrics import task_metrics
+from akfc.passes.decompose import Decomposition, decompose
+from akfc.passes.extract import extract_component
+from akfc.passes.load import load_model
+from akfc.passes.normalize import NormalizedSource, normalize, prune
+from akfc.passes.opset import target_opset, unify_opsets
+from akfc.recompile import FusedInput, SourceLayout, recompile
+from akfc.report import plot_report, write_json, write_markdown
+from akfc.runtime import make_session, run_batched
+from akfc.serving import FusedMetadata, SourceRecord, file_sha256, input_signatures
+from akfc.spec import CompileSpec, SourceSpec
+from akfc.train import EpochSummary, TrainConfig, TrainingSet, TrainResult, predict, train
+
+__all__ = ["CompileResult", "PARITY_TOLERANCE", "compile"]
+
+logger = logging.getLogger(__name__)
+
+# onnxruntime against torch, max abs difference of any task output on the validation split.
+PARITY_TOLERANCE = 1e-5
+# The fused model before training against the sources run in onnxruntime.
+INITIAL_TOLERANCE = 1e-5
+_EXPORT_ROWS = 8  # rows of example frontiers the AKF parts are exported with
+
+
+@dataclass
+class _Source:
+    """One source on its way through the pipeline."""
+
+    spec: SourceSpec
+    sha256: str
+    normalized: NormalizedSource
+    decomposition: Decomposition
+    components: list[onnx.ModelProto]  # stem, block 1..L, head (the head ends at head_output)
+    head_output: str
+    output_mode: str  # "logit", "probability" or "value": what head_output holds
+
+
+@dataclass
+class CompileResult:
+    """What `compile` produced."""
+
+    output: Path
+    report: dict[str, Any]
+    metadata: FusedMetadata
+    training: TrainResult
+    files: list[Path] = field(default_factory=list)
+
+
+def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
+    spec: CompileSpec,
+    *,
+    on_epoch: Callable[[EpochSummary, str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    resume: bool = False,
+) -> CompileResult:
+    """Fuse the spec's sources into one multi-task ONNX graph and write it with its report.
+
+    Arguments:
+        spec: sources, tasks, data files and options (see `akfc.spec`).
+        on_epoch: called with each epoch's summary and its printable line.
+        progress: called as progress(batches_done, batches_total) during each epoch.
+        resume: continue an interrupted compile from its last checkpoint.
+
+    Returns:
+        The written output path, the report (JSON shape of report.json) and the metadata.
+    """
+    spec.validate()
+    output = Path(spec.output)
+    _check_output(spec, output)
+    device = _torch_device(spec.device)
+
+    # 1-2. sources: load, one opset, normalise, decompose, extract
+    sources = _prepare_sources(spec)
+    kinds = _task_kinds(spec, sources)
+
+    # 3. data: tables, fused inputs, stem caches, labels
+    tables = {split: (path, read_table(path)) for split, path in (("train", spec.train), ("valid", spec.valid), ("test", spec.test)) if path}
+    if "train" not in tables or "valid" not in tables:
+        raise SpecError("compile needs a train and a valid table; pass --train and --valid (or [data] in the spec)")
+    check_same_columns({str(path): table for path, table in tables.values()})
+    fused_inputs = _fused_inputs(sources, tables["train"][1], str(tables["train"][0]))
+    workdir = Path(tempfile.mkdtemp(prefix=".akfc-", dir=output.parent))
+    try:
+        sets = {
+            split: _training_set(sources, kinds, spec, table, str(path), workdir)
+            for split, (path, table) in tables.items()
+        }
+
+        # 4. lowering
+        components = [_lower_source(source, spec) for source in sources]
+
+        # 5. the fused model; it must start equal to the sources
+        torch.manual_seed(spec.seed)
+        model = FusedModel(components, kinds, FusionConfig(width=spec.width, heads=spec.heads))
+        _check_initial_equality(model, sources, kinds, tables["valid"], sets["valid"])
+        config = TrainConfig(epochs=spec.epochs, patience=spec.patience, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)
+        fingerprint = {"sources": {s.spec.name: s.sha256 for s in sources}, "levels": spec.levels, "width": spec.width, "heads": spec.heads}
+        checkpoints = output.parent / f"{output.stem}.checkpoints"
+        training = train(
+            model, kinds, sets["train"], sets["valid"], config, checkpoints,
+            resume=resume, fingerprint=fingerprint, device=device, on_epoch=on_epoch, progress=progress,
+        )  # fmt: skip
+        model.to("cpu").eval()
+
+        # 6. recompile, verify, report, write
+        fused = _recompile(model, sources, fused_inputs, kinds, sets["valid"], spec)
+        torch_valid = predict(model, sets["valid"])
+        _verify_parity(fused, tables["valid"], torch_valid, kinds)
+        report = _report(model, fused, sources, kinds, tables, sets, training)
+        metadata = FusedMetadata(
+            tasks={
+                task: {
+                    "kind": kind,
+                    "label": spec.tasks[task].label_column,
+                    "output": task,
+                    "classes": _source_classes(sources, task) if kind == "multiclass" else None,
+                }
+                for task, kind in kinds.items()
+            },
+            sources=[
+                SourceRecord(s.spec.name, s.spec.task, Path(s.spec.path).name, s.sha256, s.normalized.output[len(s.spec.name) + 1 :], _bindings(s))
+                for s in sources
+            ],
+            levels=spec.levels,
+            version=__version__,
+            fusion={"width": spec.width, "heads": spec.heads, "best_epoch": training.best_epoch},
+            metrics={split: {task: entry["fused"] for task, entry in block["tasks"].items()} for split, block in report["splits"].items()},
+        )
+        for key, value in metadata.to_props().items():
+            fused.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        files = _write(output, fused, report)
+        logger.info("wrote %s", output)
+        return CompileResult(output, report, metadata, training, files)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _torch_device(device: str) -> torch.device:
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SpecError("device 'cuda' was requested but torch sees no CUDA device; use --device cpu")
+    return torch.device("cuda")
+
+
+def _check_output(spec: CompileSpec, output: Path) -> None:
+    """Reject an output that would overwrite an input, or an existing file without --force."""
+    resolved = output.resolve()
+    inputs = [Path(s.path) for s in spec.sources] + [p for p in (spec.train, spec.valid, spec.test) if p]
+    for path in inputs:
+        if Path(path).resolve() == resolved:
+            raise SpecError(f"output {output} is also an input; choose another output path with -o")
+    for path in (output, *_report_paths(output)):
+        if path.exists() and not spec.force:
+            raise SpecError(f"output {path} exists; pass --force to overwrite it, or choose another folder with -o")
+    if not output.parent.is_dir():
+        raise SpecError(f"output folder {output.parent} does not exist; create it first")
+
+
+def _prepare_sources(spec: CompileSpec) -> list[_Source]:
+    """Load, unify opsets, normalise, decompose and extract every source."""
+    loaded, hashes = [], []
+    seen: dict[str, SourceSpec] = {}
+    for source in spec.sources:
+        digest = file_sha256(source.path) if Path(source.path).is_file() else ""
+        if digest and digest in seen:
+            other = seen[digest]
+            if other.task == source.task:
+                raise SpecError(f"source {source.path} is given twice for task {source.task!r} (same file as {other.path}); remove one")
+            logger.warning("source %s is the same file as %s; it serves tasks %s and %s", source.path, other.path, other.task, source.task)
+        seen[digest] = source
+        loaded.append(load_model(source.path, output=source.output))
+        hashes.append(digest)
+    opset = target_opset(loaded)
+    logger.info("common opset %d", opset)
+    unified = unify_opsets(loaded, [str(source.path) for source in spec.sources])
+
+    prepared = []
+    for source, model, digest in zip(spec.sources, unified, hashes):
+        origin = str(source.path)
+        normalized = normalize(model, source.name, output=source.output, kind=spec.tasks[source.task].kind, origin=origin)
+        frontiers = {i: names for i, names in enumerate(source.boundaries)} if source.boundaries else None
+        decomposition = decompose(normalized.model, levels=spec.levels, frontiers=frontiers)
+        components = [extract_component(normalized.model, decomposition, c) for c in decomposition.components]
+        head_output, mode = _head_output(normalized)
+        components[-1] = prune(components[-1], [head_output], origin=origin)
+        logger.info("%s: %r", origin, decomposition)
+        prepared.append(_Source(source, digest, normalized, decomposition, components, head_output, mode))
+    return prepared
+
+
+def _head_output(normalized: NormalizedSource) -> tuple[str, str]:
+    if normalized.kind == "regression":
+        return normalized.output, "value"
+    if normalized.logit is None:
+        return normalized.output, "probability"
+    return normalized.logit, "logit"
+
+
+def _task_kinds(spec: CompileSpec, sources: list[_Source]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for task in spec.tasks:
+        found = {s.spec.name: s.normalized.kind for s in sources if s.spec.task == task}
+        if len(set(found.values())) > 1:
+            listing = ", ".join(f"{name}: {kind}" for name, kind in found.items())
+            raise SpecError(f"the sources of task {task!r} disagree on its kind ({listing}); set kind in [task.{task}]")
+        kinds[task] = next(iter(found.values()))
+    return kinds
+
+
+def _bindings(source: _Source) -> dict[str, str | list[str]]:
+    """Map the source's original graph input names to the data column(s) they read."""
+    names = source.normalized.input_names.values()
+    return {name: source.spec.inputs.get(name, name) for name in names}
+
+
+def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[FusedInput]:
+    """Decide the fused graph's inputs: one per bound column, typed after the first source that reads it."""
+    chosen: dict[str, FusedInput] = {}
+    readers: dict[str, str] = {}
+    for source in sources:
+        for signature in input_signatures(source.components[0]):
+            original = source.normalized.input_names[signature.name]
+            binding = source.spec.inputs.get(original, original)
+            if isinstance(binding, list):
+                for column in binding:
+                    chosen.setdefault(column, FusedInput(column, signature.dtype, (signature.shape[0],)))
+                    readers.setdefault(column, source.spec.name)
+                continue
+            if binding not in table.column_names:
+                raise DataError(
+                    f"source {source.spec.name!r} reads graph input {original!r} from column {binding!r}, "
+                    f"which {file} lacks; add the column or bind the input with inputs = {{ {original} = \"COLUMN\" }}"
+                )
+            if binding in chosen:
+                first = chosen[binding]
+                if first.dtype != signature.dtype and signature.dtype.kind == "i" and first.dtype.kind == "i" and first.dtype.itemsize > signature.dtype.itemsize:
+                    # The narrower integer type feeds both: widening it for the other source is lossless.
+                    chosen[binding] = FusedInput(binding, signature.dtype, first.shape)
+                continue
+            chosen[binding] = FusedInput(binding, signature.dtype, signature.shape)
+            readers[binding] = source.spec.name
+    return list(chosen.values())
+
+
+def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: CompileSpec, table: pa.Table, file: str, workdir: Path) -> TrainingSet:
+    """Run every stem over a table in onnxruntime; return its frontiers and the task labels."""
+    budget = spec.cache_budget_mb * 1024 * 1024
+    frontiers = []
+    for source in sources:
+        stem = source.components[0]
+        feeds = {}
+        for signature in input_signatures(stem):
+            original = source.normalized.input_names[signature.name]
+            feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
+        session = make_session(stem, spec.device if spec.device != "auto" else "auto")
+        names = [t.name for t in source.decomposition.stem.outputs]
+        out = run_batched(session, feeds, names, memory_budget_bytes=budget, cache_dir=workdir)
+        frontiers.append(tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name in names))
+    labels = {}
+    for task, kind in kinds.items():
+        classes = _source_classes(sources, task) if kind == "multiclass" else None
+        values = task_labels(table, spec.tasks[task].label_column, kind, file, classes)
+        labels[task] = torch.from_numpy(values)
+    return TrainingSet(frontiers, labels)
+
+
+def _source_classes(sources: list[_Source], task: str) -> int:
+    source = next(s for s in sources if s.spec.task == task)
+    spec = next(t for t in source.decomposition.head.outputs if t.name == source.normalized.output)
+    return int(spec.shape[-1])
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float": torch.float32, "double": torch.float64, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}.get(name, torch.float32)
+
+
+def _lower_source(source: _Source, spec: CompileSpec) -> SourceComponents:
+    """Lower a source's blocks and head; identity blocks stay identities."""
+    name = source.spec.name
+    blocks = []
+    for component, model in zip(source.decomposition.blocks, source.components[1:-1]):
+        blocks.append(IdentityBlock() if component.identity else lower(model, source=f"{name} {component.name}"))
+    head = lower(source.components[-1], trainable="heads" in spec.train_components, source=f"{name} head")
+    if "heads" not in spec.train_components:
+        head.requires_grad_(False)
+    for block in blocks:
+        block.requires_grad_(False)
+    frontiers = [
+        [(tuple(int(d) for d in t.shape[1:]), _dtype(t.dtype)) for t in frontier.tensors]
+        for frontier in source.decomposition.frontiers
+    ]
+    classes = int(source.decomposition.head.outputs[0].shape[-1]) if len(source.decomposition.head.outputs[0].shape) > 1 else 1
+    return SourceComponents(name, source.spec.task, blocks, head, frontiers, output=source.output_mode, classes=classes)
+
+
+def _source_predictions(sources: list[_Source], table: pa.Table, file: str, kinds: Mapping[str, str]) -> dict[str, list[np.ndarray]]:
+    """Run each normalised source whole in onnxruntime; return each task's source outputs."""
+    per_task: dict[str, list[np.ndarray]] = {}
+    for source in sources:
+        model = prune(source.normalized.model, [source.normalized.output])
+        feeds = {}
+        for signature in input_signatures(model):
+            original = source.normalized.input_names[signature.name]
+            feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
+        out = run_batched(make_session(model, "cpu"), feeds, [source.normalized.output])[source.normalized.output]
+        per_task.setdefault(source.spec.task, []).append(out)
+    return per_task
+
+
+def _check_initial_equality(model: FusedModel, sources: list[_Source], kinds: Mapping[str, str], valid: tuple[Path, pa.Table], valid_set: TrainingSet) -> None:
+    """Raise when the untrained fused model differs from the sources' uniform mixture in onnxruntime."""
+    fused = predict(model, valid_set)
+    reference = _source_predictions(sources, valid[1], str(valid[0]), kinds)
+    for task, outputs in reference.items():
+        ensemble = np.mean([o.reshape(fused[task].shape) for o in outputs], axis=0)
+        diff = float(np.max(np.abs(ensemble - fused[task])))
+        logger.info("initial equality, task %s: max abs diff %.3g", task, diff)
+        if diff > INITIAL_TOLERANCE:
+            raise ModelError(
+                f"before training, the fused model's task {task!r} differs from its sources in onnxruntime by {diff:.3g} "
+                f"(tolerance {INITIAL_TOLERANCE}); a source's lowered components do not reproduce it"
+            )
+
+
+def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[FusedInput], kinds: Mapping[str, str], valid_set: TrainingSet, spec: CompileSpec) -> onnx.ModelProto:
+    layouts = []
+    for source in sources:
+        decomposition = source.decomposition
+        layouts.append(
+            SourceLayout(
+                name=source.spec.name,
+                task=source.spec.task,
+                model=source.normalized.model,
+                components=[list(c.nodes) for c in decomposition.components],
+                frontiers=[list(f.names) for f in decomposition.frontiers],
+                head_output=source.head_output,
+                inputs={name: source.spec.inputs.get(original, original) for name, original in source.normalized.input_names.items()},
+            )
+        )
+    # Example frontiers for the export: a few rows of each level's output frontier.
+    examples = []
+    with torch.no_grad():
+        frontiers, _ = valid_set.rows(slice(0, _EXPORT_ROWS))
+        for k, level in enumerate(model.levels):
+            frontiers = [tuple(model.blocks[m][k](*f)) for m, f in enumerate(frontiers)]
+            examples.append(frontiers)
+            frontiers, _, _ = level(frontiers)
+        examples.append(frontiers)
+    opset = max(int(o.version) for s in sources for o in s.normalized.model.opset_import if o.domain in ("", "ai.onnx"))
+    ir_version = max(s.normalized.model.ir_version for s in sources)
+    fused = recompile(model, layouts, fused_inputs, {task: task for task in kinds}, opset, ir_version, examples)
+    onnx.checker.check_model(fused, full_check=True)
+    onnx.shape_inference.infer_shapes(fused, check_type=True, strict_mode=True, data_prop=True)
+    return fused
+
+
+def _fused_feeds(fused: onnx.ModelProto, table: pa.Table, file: str) -> dict[str, np.ndarray]:
+    return {sig.name: bind_input(table, sig, sig.name, file) for sig in input_signatures(fused)}
+
+
+def _verify_parity(fused: onnx.ModelProto, valid: tuple[Path, pa.Table], expected: Mapping[str, np.ndarray], kinds: Mapping[str, str]) -> None:
+    """Raise unless onnxruntime's outputs equal torch's within PARITY_TOLERANCE on the validation split."""
+    path, table = valid
+    out = run_batched(make_session(fused, "cpu"), _fused_feeds(fused, table, str(path)), list(kinds))
+    for task in kinds:
+        diff = float(np.max(np.abs(out[task] - expected[task].reshape(out[task].shape))))
+        logger.info("parity, task %s: max abs diff %.3g", task, diff)
+        if diff > PARITY_TOLERANCE:
+            raise ModelError(
+                f"the fused graph's task {task!r} differs from the trained torch model by {diff:.3g} on {path} "
+                f"(tolerance {PARITY_TOLERANCE}); nothing was written"
+            )
+
+
+def _report(model: FusedModel, fused: onnx.ModelProto, sources: list[_Source], kinds: Mapping[str, str], tables: Mapping[str, tuple[Path, pa.Table]], sets: Mapping[str, TrainingSet], training: TrainResult) -> dict[str, Any]:
+    """Metrics per split of each source, their ensemble and the fused graph (onnxruntime), plus gate and attention means."""
+    splits = {}
+    for split in ("valid", "test"):
+        if split not in tables:
+            continue
+        path, table = tables[split]
+        fused_out = run_batched(make_session(fused, "cpu"), _fused_feeds(fused, table, str(path)), list(kinds))
+        per_task = _source_predictions(sources, table, str(path), kinds)
+        block: dict[str, Any] = {"tasks": {}}
+        for task, kind in kinds.items():
+            labels = sets[split].labels[task].numpy()
+            names = [s.spec.name for s in sources if s.spec.task == task]
+            entry: dict[str, Any] = {"kind": kind, "sources": {}}
+            for name, values in zip(names, per_task[task]):
+                entry["sources"][name] = task_metrics(kind, labels, values)
+            if len(names) > 1:
+                shape = fused_out[task].shape
+                entry["ensemble"] = task_metrics(kind, labels, np.mean([v.reshape(shape) for v in per_task[task]], axis=0))
+            entry["fused"] = task_metrics(kind, labels, fused_out[task])
+            block["tasks"][task] = entry
+        splits[split] = block
+    shown = "test" if "test" in splits else "valid"
+    return {
+        "akfc_version": __version__,
+        "split": shown,
+        "tasks": splits[shown]["tasks"],
+        "splits": splits,
+        "fusion": _fusion_summary(model, sources, sets["valid"]),
+        "training": {
+            "best_epoch": training.best_epoch,
+            "best_score": training.best_score,
+            "epochs": [{"epoch": e.epoch, "loss": e.loss, "score": e.score, "seconds": e.seconds} for e in training.history],
+        },
+    }
+
+
+@torch.no_grad()
+def _fusion_summary(model: FusedModel, sources: list[_Source], valid_set: TrainingSet, batch_size: int = 8192) -> dict[str, Any]:
+    """Mean gate weight per source and mean attention between tasks, per level, over the validation split."""
+    levels = len(model.levels)
+    gate_sums = [[None] * len(model.task_names) for _ in range(levels)]
+    attention_sums = [None] * levels
+    rows = 0
+    for start in range(0, len(valid_set), batch_size):
+        frontiers, _ = valid_set.rows(slice(start, start + batch_size))
+        out = model(frontiers)
+        n = frontiers[0][0].shape[0]
+        rows += n
+        for k in range(levels):
+            for t, gates in enumerate(out.gates[k]):
+                total = gates.sum(dim=0)
+                gate_sums[k][t] = total if gate_sums[k][t] is None else gate_sums[k][t] + total
+            total = out.attention[k].sum(dim=0)
+            attention_sums[k] = total if attention_sums[k] is None else attention_sums[k] + total
+    summary = []
+    for k in range(levels):
+        gates = {}
+        for t, task in enumerate(model.task_names):
+            names = [model.source_names[m] for m in model.task_sources[task]]
+            gates[task] = {name: float(w) for name, w in zip(names, gate_sums[k][t] / rows)}
+        attention = attention_sums[k] / rows
+        summary.append({
+            "gates": gates,
+            "attention": {a: {b: float(attention[i, j]) for j, b in enumerate(model.task_names)} for i, a in enumerate(model.task_names)},
+        })  # fmt: skip
+    return {"levels": summary}
+
+
+def _report_paths(output: Path) -> tuple[Path, Path, Path]:
+    return output.parent / "report.json", output.parent / "report.md", output.parent / "report.png"
+
+
+def _write(output: Path, fused: onnx.ModelProto, report: dict[str, Any]) -> list[Path]:
+    """Write the fused graph and its report files, each atomically."""
+    report_json, report_md, report_png = _report_paths(output)
+    write_atomic(output, lambda tmp: onnx.save(fused, tmp))
+    write_json(report_json, report)
+    write_markdown(report_md, report, title=f"akfc report: {output.name}")
+    plot_report(report_png, report)
+    return [output, report_json, report_md, report_png]

@@ -1,0 +1,231 @@
+"""Running and evaluating fused graphs (and their sources) on data tables.
+
+A fused graph records what akfc knows about it in ONNX metadata_props (keys
+below), so `akfc run` and `akfc eval` need only the graph and a table. Its
+graph inputs are named after the data columns that feed them.
+
+Metadata keys (values are strings; JSON where noted):
+    akfc.schema_version  version of this key set, currently "1"
+    akfc.version         akfc version that compiled the graph
+    akfc.tasks           JSON: task -> {"kind", "label", "output", "classes"}
+    akfc.levels          number of fused trunk levels
+    akfc.fusion          JSON: fusion hyper-parameters (width, heads, ...)
+    akfc.sources         JSON list: per source {"name", "task", "file", "sha256",
+                         "output", "inputs"} where "inputs" maps the source's
+                         graph inputs to data columns
+    akfc.metrics         JSON: split -> the report's "tasks" block
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from akfc.atomic import write_atomic
+from akfc.data import InputSignature, bind_input, task_labels
+from akfc.errors import ModelError
+from akfc.metrics import task_metrics
+from akfc.runtime import make_session, run_batched
+
+__all__ = [
+    "METADATA_SCHEMA_VERSION",
+    "FusedMetadata",
+    "SourceRecord",
+    "evaluate_table",
+    "file_sha256",
+    "input_signatures",
+    "predict",
+    "read_metadata",
+    "write_predictions",
+]
+
+logger = logging.getLogger(__name__)
+
+METADATA_SCHEMA_VERSION = "1"
+
+
+@dataclass
+class SourceRecord:
+    """A source as the fused graph's metadata records it."""
+
+    name: str
+    task: str
+    file: str
+    sha256: str
+    output: str  # the source's own graph output that is the task's
+    inputs: dict[str, str | list[str]] = field(default_factory=dict)  # graph input -> data column(s)
+
+
+@dataclass
+class FusedMetadata:
+    """What a fused graph's metadata_props say about it."""
+
+    tasks: dict[str, dict[str, Any]]
+    sources: list[SourceRecord]
+    levels: int
+    version: str
+    fusion: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            "akfc.schema_version": METADATA_SCHEMA_VERSION,
+            "akfc.version": self.version,
+            "akfc.tasks": json.dumps(self.tasks),
+            "akfc.levels": str(self.levels),
+            "akfc.fusion": json.dumps(self.fusion),
+            "akfc.sources": json.dumps([vars(source) for source in self.sources]),
+            "akfc.metrics": json.dumps(self.metrics),
+        }
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(model: onnx.ModelProto, file: str) -> FusedMetadata:
+    """Parse the akfc metadata of a fused graph; raise naming the file when it is not one."""
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    version = props.get("akfc.schema_version")
+    if version is None:
+        raise ModelError(f"{file} is not a graph compiled by akfc (no akfc.schema_version in its metadata_props)")
+    if version != METADATA_SCHEMA_VERSION:
+        raise ModelError(f"{file} has akfc metadata schema {version}, this akfc reads {METADATA_SCHEMA_VERSION}; use a matching akfc version")
+    return FusedMetadata(
+        tasks=json.loads(props["akfc.tasks"]),
+        sources=[SourceRecord(**entry) for entry in json.loads(props["akfc.sources"])],
+        levels=int(props["akfc.levels"]),
+        version=props["akfc.version"],
+        fusion=json.loads(props.get("akfc.fusion", "{}")),
+        metrics=json.loads(props.get("akfc.metrics", "{}")),
+    )
+
+
+def input_signatures(model: onnx.ModelProto) -> list[InputSignature]:
+    """Return the graph inputs (initializers excluded) with numpy dtypes and shapes."""
+    initializers = {init.name for init in model.graph.initializer}
+    signatures = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
+        signatures.append(InputSignature(value.name, dtype, shape))
+    return signatures
+
+
+def _feeds(model: onnx.ModelProto, table: pa.Table, file: str, bindings: Mapping[str, str | list[str]] | None = None) -> dict[str, np.ndarray]:
+    bindings = bindings or {}
+    return {sig.name: bind_input(table, sig, bindings.get(sig.name, sig.name), file) for sig in input_signatures(model)}
+
+
+def predict(
+    model: onnx.ModelProto,
+    table: pa.Table,
+    file: str,
+    outputs: Sequence[str],
+    *,
+    bindings: Mapping[str, str | list[str]] | None = None,
+    device: str = "auto",
+    batch_size: int = 8192,
+) -> dict[str, np.ndarray]:
+    """Run a graph over every row of a table; return the requested outputs."""
+    session = make_session(model, device)
+    return run_batched(session, _feeds(model, table, file, bindings), list(outputs), batch_size=batch_size)
+
+
+def _source_prediction(kind: str, values: Any) -> np.ndarray:
+    """Turn a source output into the form metrics take: P(class 1) for binary, (N, C) for multiclass."""
+    if isinstance(values, list):  # ZipMap output: a list of {class: probability} dicts
+        classes = sorted(values[0])
+        values = np.array([[row[c] for c in classes] for row in values], dtype=np.float32)
+    values = np.asarray(values)
+    if kind == "binary" and values.ndim == 2 and values.shape[1] == 2:
+        return values[:, 1]
+    return values
+
+
+def evaluate_table(
+    fused_path: str | os.PathLike[str],
+    table: pa.Table,
+    file: str,
+    *,
+    source_paths: Sequence[str | os.PathLike[str]] = (),
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Compute per-task metrics of the fused graph and, for each given source file, of that source and the sources' ensemble.
+
+    Sources are matched to the fused graph's metadata by sha256, which gives
+    their task, output and input bindings. Returns the report JSON shape.
+    """
+    fused = onnx.load(str(fused_path))
+    metadata = read_metadata(fused, str(fused_path))
+    tasks = metadata.tasks
+    fused_outputs = predict(fused, table, file, [info["output"] for info in tasks.values()], device=device)
+    labels = {task: task_labels(table, info["label"], info["kind"], file, info.get("classes")) for task, info in tasks.items()}
+
+    report: dict[str, Any] = {"tasks": {}}
+    for task, info in tasks.items():
+        report["tasks"][task] = {
+            "kind": info["kind"],
+            "fused": task_metrics(info["kind"], labels[task], fused_outputs[info["output"]]),
+            "sources": {},
+        }
+
+    by_hash = {source.sha256: source for source in metadata.sources}
+    per_task: dict[str, list[np.ndarray]] = {}
+    for path in source_paths:
+        digest = file_sha256(path)
+        record = by_hash.get(digest)
+        if record is None:
+            known = ", ".join(f"{s.name} ({s.file})" for s in metadata.sources)
+            raise ModelError(f"source {path} is not one of the fused graph's sources (compared by sha256); its sources are {known}")
+        model = onnx.load(str(path))
+        kind = tasks[record.task]["kind"]
+        output = predict(model, table, file, [record.output], bindings=record.inputs, device=device)[record.output]
+        prediction = _source_prediction(kind, output)
+        per_task.setdefault(record.task, []).append(prediction)
+        report["tasks"][record.task]["sources"][record.name] = task_metrics(kind, labels[record.task], prediction)
+    for task, predictions in per_task.items():
+        if len(predictions) > 1:
+            ensemble = np.mean([p.reshape(predictions[0].shape) for p in predictions], axis=0)
+            report["tasks"][task]["ensemble"] = task_metrics(tasks[task]["kind"], labels[task], ensemble)
+    return report
+
+
+def write_predictions(path: str | os.PathLike[str], predictions: Mapping[str, np.ndarray], tasks: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write one column per task (one per class for multiclass) as Parquet or CSV, by the file's extension."""
+    path = Path(path)
+    columns: dict[str, np.ndarray] = {}
+    for task, info in tasks.items():
+        values = np.asarray(predictions[info["output"]])
+        if values.ndim == 2 and values.shape[1] > 1:
+            for c in range(values.shape[1]):
+                columns[f"{task}_{c}"] = values[:, c]
+        else:
+            columns[task] = values.reshape(-1)
+    table = pa.table(columns)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+    elif suffix == ".csv":
+        write_atomic(path, lambda tmp: pa_csv.write_csv(table, tmp))
+    else:
+        raise ModelError(f"output file {path}: unknown format {path.suffix!r}; use .parquet or .csv")
