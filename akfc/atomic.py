@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["write_atomic", "write_text_atomic"]
+__all__ = ["write_atomic", "write_bytes_atomic", "write_text_atomic"]
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
@@ -38,3 +38,8 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write text to `path` atomically."""
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes to `path` atomically."""
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
