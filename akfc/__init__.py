@@ -21,7 +21,7 @@ task token
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "compile"]
 
 __version__ = "0.1.0"
 
@@ -32,3 +32,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "akfc needs ONNX Runtime, which is not installed. Install it with "
         "`pip install 'akfc[cpu]'` (CPU) or `pip install 'akfc[gpu]'` (CUDA)."
     ) from error
+
+
+def __getattr__(name: str):  # noqa: ANN202 -- module-level attribute hook (PEP 562)
+    # `akfc.compile` is loaded on first use: it pulls in torch, which `import akfc` alone should not.
+    if name == "compile":
+        from akfc.pipeline import compile
+
+        return compile
+    raise AttributeError(f"module 'akfc' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from akfc.errors import AkfcError
 __all__ = ["main", "build_parser"]
 
 # Modules under akfc.commands, in the order `akfc --help` lists them.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("compile", "inspect", "run", "eval", "ops")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,9 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     else:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The torch exporter's own passes log every rewrite at INFO; keep them to warnings unless debugging.
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`akfc.compile`: sources and data in, one verified multi-task ONNX graph out.
+"""The compile pipeline behind `akfc compile` and `akfc.compile()`: sources and data in, one verified multi-task ONNX graph out.
 
 The steps, each in its own module:
 
@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,10 @@ from akfc.recompile import FusedInput, SourceLayout, recompile
 from akfc.report import plot_report, write_json, write_markdown
 from akfc.runtime import make_session, run_batched
 from akfc.serving import FusedMetadata, SourceRecord, file_sha256, input_signatures
-from akfc.spec import CompileSpec, SourceSpec
+from akfc.spec import CompileSpec, SourceSpec, load_spec, merge_flags, parse_source_argument
 from akfc.train import EpochSummary, TrainConfig, TrainingSet, TrainResult, predict, train
 
-__all__ = ["CompileResult", "PARITY_TOLERANCE", "compile"]
+__all__ = ["CompilePlan", "CompileResult", "PARITY_TOLERANCE", "compile", "plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,58 +77,62 @@ class CompileResult:
     report: dict[str, Any]
     metadata: FusedMetadata
     training: TrainResult
+    model: FusedModel  # the trained torch model the graph was verified against
+    valid_predictions: dict[str, np.ndarray]  # the torch model's task outputs on the validation split
+    parity: dict[str, float]  # per task: max abs difference of onnxruntime from torch on the validation split
     files: list[Path] = field(default_factory=list)
 
 
 def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
-    spec: CompileSpec,
+    spec: CompileSpec | str | os.PathLike[str] | None = None,
     *,
+    sources: Sequence[str | SourceSpec] = (),
     on_epoch: Callable[[EpochSummary, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     resume: bool = False,
+    **options: Any,
 ) -> CompileResult:
     """Fuse the spec's sources into one multi-task ONNX graph and write it with its report.
 
     Arguments:
-        spec: sources, tasks, data files and options (see `akfc.spec`).
+        spec: a `CompileSpec`, the path of a TOML spec, or None to build one from
+            `sources` and `options` alone.
+        sources: more sources, as "TASK=PATH" strings or `SourceSpec`s.
         on_epoch: called with each epoch's summary and its printable line.
         progress: called as progress(batches_done, batches_total) during each epoch.
         resume: continue an interrupted compile from its last checkpoint.
+        options: `CompileSpec` fields that override the spec (train, valid,
+            test, output, levels, width, heads, epochs, lr, seed, force, ...).
 
     Returns:
         The written output path, the report (JSON shape of report.json) and the metadata.
     """
+    if spec is None:
+        spec = CompileSpec(sources=[], tasks={})
+    elif not isinstance(spec, CompileSpec):
+        spec = load_spec(spec)
+    extra = [parse_source_argument(s) if isinstance(s, str) else s for s in sources]
+    paths = {key: Path(value) for key, value in options.items() if key in ("train", "valid", "test", "output") and value is not None}
+    spec = merge_flags(spec, **{**options, **paths})
+    spec.sources = [*spec.sources, *extra]
     spec.validate()
     output = Path(spec.output)
     _check_output(spec, output)
     device = _torch_device(spec.device)
 
-    # 1-2. sources: load, one opset, normalise, decompose, extract
-    sources = _prepare_sources(spec)
-    kinds = _task_kinds(spec, sources)
-
-    # 3. data: tables, fused inputs, stem caches, labels
-    tables = {split: (path, read_table(path)) for split, path in (("train", spec.train), ("valid", spec.valid), ("test", spec.test)) if path}
-    if "train" not in tables or "valid" not in tables:
-        raise SpecError("compile needs a train and a valid table; pass --train and --valid (or [data] in the spec)")
-    check_same_columns({str(path): table for path, table in tables.values()})
-    fused_inputs = _fused_inputs(sources, tables["train"][1], str(tables["train"][0]))
+    output.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=".akfc-", dir=output.parent))
     try:
-        sets = {
-            split: _training_set(sources, kinds, spec, table, str(path), workdir)
-            for split, (path, table) in tables.items()
-        }
-
-        # 4. lowering
-        components = [_lower_source(source, spec) for source in sources]
-
-        # 5. the fused model; it must start equal to the sources
-        torch.manual_seed(spec.seed)
-        model = FusedModel(components, kinds, FusionConfig(width=spec.width, heads=spec.heads))
-        _check_initial_equality(model, sources, kinds, tables["valid"], sets["valid"])
-        config = TrainConfig(epochs=spec.epochs, patience=spec.patience, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed)
-        fingerprint = {"sources": {s.spec.name: s.sha256 for s in sources}, "levels": spec.levels, "width": spec.width, "heads": spec.heads}
+        fusion = plan(spec, workdir)
+        sources, kinds, tables, sets, model = fusion.sources, fusion.kinds, fusion.tables, fusion.sets, fusion.model
+        config = TrainConfig(
+            epochs=spec.epochs, patience=spec.patience, batch_size=spec.batch_size, lr=spec.lr,
+            weight_decay=spec.weight_decay, seed=spec.seed,
+        )  # fmt: skip
+        fingerprint = {
+            "sources": {s.spec.name: s.sha256 for s in sources},
+            "levels": spec.levels, "width": spec.width, "heads": spec.heads, "dropout": spec.dropout,
+        }  # fmt: skip
         checkpoints = output.parent / f"{output.stem}.checkpoints"
         training = train(
             model, kinds, sets["train"], sets["valid"], config, checkpoints,
@@ -137,9 +141,9 @@ def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
         model.to("cpu").eval()
 
         # 6. recompile, verify, report, write
-        fused = _recompile(model, sources, fused_inputs, kinds, sets["valid"], spec)
+        fused = _recompile(model, sources, fusion.fused_inputs, kinds, sets["valid"])
         torch_valid = predict(model, sets["valid"])
-        _verify_parity(fused, tables["valid"], torch_valid, kinds)
+        parity = _verify_parity(fused, tables["valid"], torch_valid, kinds)
         report = _report(model, fused, sources, kinds, tables, sets, training)
         metadata = FusedMetadata(
             tasks={
@@ -157,16 +161,57 @@ def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
             ],
             levels=spec.levels,
             version=__version__,
-            fusion={"width": spec.width, "heads": spec.heads, "best_epoch": training.best_epoch},
+            fusion={"width": spec.width, "heads": spec.heads, "dropout": spec.dropout, "best_epoch": training.best_epoch},
             metrics={split: {task: entry["fused"] for task, entry in block["tasks"].items()} for split, block in report["splits"].items()},
         )
         for key, value in metadata.to_props().items():
             fused.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
         files = _write(output, fused, report)
         logger.info("wrote %s", output)
-        return CompileResult(output, report, metadata, training, files)
+        return CompileResult(output, report, metadata, training, model, torch_valid, parity, files)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class CompilePlan:
+    """Everything before training: prepared sources, data, stem caches and the untrained fused model."""
+
+    sources: list[_Source]
+    kinds: dict[str, str]  # task -> kind
+    tables: dict[str, tuple[Path, pa.Table]]  # split -> (file, table)
+    fused_inputs: list[FusedInput]
+    sets: dict[str, TrainingSet]  # split -> cached stem outputs and labels
+    model: FusedModel
+
+
+def plan(spec: CompileSpec, workdir: str | os.PathLike[str]) -> CompilePlan:
+    """Prepare a compile up to training; the untrained model is checked to equal its sources.
+
+    Arguments:
+        spec: a validated spec.
+        workdir: folder for stem caches that exceed the memory budget.
+    """
+    # 1-2. sources: load, one opset, normalise, decompose, extract
+    sources = _prepare_sources(spec)
+    kinds = _task_kinds(spec, sources)
+
+    # 3. data: tables, fused inputs, stem caches, labels
+    tables = {split: (path, read_table(path)) for split, path in (("train", spec.train), ("valid", spec.valid), ("test", spec.test)) if path}
+    if "train" not in tables or "valid" not in tables:
+        raise SpecError("compile needs a train and a valid table; pass --train and --valid (or [data] in the spec)")
+    check_same_columns({str(path): table for path, table in tables.values()})
+    fused_inputs = _fused_inputs(sources, tables["train"][1], str(tables["train"][0]))
+    sets = {split: _training_set(sources, kinds, spec, table, str(path), Path(workdir)) for split, (path, table) in tables.items()}
+
+    # 4. lowering
+    components = [_lower_source(source, spec) for source in sources]
+
+    # 5. the fused model; it must start equal to the sources
+    torch.manual_seed(spec.seed)
+    model = FusedModel(components, kinds, FusionConfig(width=spec.width, heads=spec.heads, dropout=spec.dropout))
+    _check_initial_equality(model, sources, kinds, tables["valid"], sets["valid"])
+    return CompilePlan(sources, kinds, tables, fused_inputs, sets, model)
 
 
 def _torch_device(device: str) -> torch.device:
@@ -187,8 +232,8 @@ def _check_output(spec: CompileSpec, output: Path) -> None:
     for path in (output, *_report_paths(output)):
         if path.exists() and not spec.force:
             raise SpecError(f"output {path} exists; pass --force to overwrite it, or choose another folder with -o")
-    if not output.parent.is_dir():
-        raise SpecError(f"output folder {output.parent} does not exist; create it first")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise SpecError(f"output folder {output.parent} is not a folder; choose another path with -o")
 
 
 def _prepare_sources(spec: CompileSpec) -> list[_Source]:
@@ -295,7 +340,7 @@ def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: Compil
     for task, kind in kinds.items():
         classes = _source_classes(sources, task) if kind == "multiclass" else None
         values = task_labels(table, spec.tasks[task].label_column, kind, file, classes)
-        labels[task] = torch.from_numpy(values)
+        labels[task] = torch.tensor(values)
     return TrainingSet(frontiers, labels)
 
 
@@ -357,7 +402,7 @@ def _check_initial_equality(model: FusedModel, sources: list[_Source], kinds: Ma
             )
 
 
-def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[FusedInput], kinds: Mapping[str, str], valid_set: TrainingSet, spec: CompileSpec) -> onnx.ModelProto:
+def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[FusedInput], kinds: Mapping[str, str], valid_set: TrainingSet) -> onnx.ModelProto:
     layouts = []
     for source in sources:
         decomposition = source.decomposition
@@ -393,10 +438,11 @@ def _fused_feeds(fused: onnx.ModelProto, table: pa.Table, file: str) -> dict[str
     return {sig.name: bind_input(table, sig, sig.name, file) for sig in input_signatures(fused)}
 
 
-def _verify_parity(fused: onnx.ModelProto, valid: tuple[Path, pa.Table], expected: Mapping[str, np.ndarray], kinds: Mapping[str, str]) -> None:
-    """Raise unless onnxruntime's outputs equal torch's within PARITY_TOLERANCE on the validation split."""
+def _verify_parity(fused: onnx.ModelProto, valid: tuple[Path, pa.Table], expected: Mapping[str, np.ndarray], kinds: Mapping[str, str]) -> dict[str, float]:
+    """Raise unless onnxruntime's outputs equal torch's within PARITY_TOLERANCE on the validation split; return the differences."""
     path, table = valid
     out = run_batched(make_session(fused, "cpu"), _fused_feeds(fused, table, str(path)), list(kinds))
+    differences = {}
     for task in kinds:
         diff = float(np.max(np.abs(out[task] - expected[task].reshape(out[task].shape))))
         logger.info("parity, task %s: max abs diff %.3g", task, diff)
@@ -405,6 +451,8 @@ def _verify_parity(fused: onnx.ModelProto, valid: tuple[Path, pa.Table], expecte
                 f"the fused graph's task {task!r} differs from the trained torch model by {diff:.3g} on {path} "
                 f"(tolerance {PARITY_TOLERANCE}); nothing was written"
             )
+        differences[task] = diff
+    return differences
 
 
 def _report(model: FusedModel, fused: onnx.ModelProto, sources: list[_Source], kinds: Mapping[str, str], tables: Mapping[str, tuple[Path, pa.Table]], sets: Mapping[str, TrainingSet], training: TrainResult) -> dict[str, Any]:

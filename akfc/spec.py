@@ -93,6 +93,8 @@ class CompileSpec:
     levels: int = 3  # L: trunk levels fused per source
     width: int = 64  # D: width of the task tokens
     heads: int = 4  # attention heads of the inter-task layer
+    dropout: float = 0.0  # dropout in the inter-task layer
+    weight_decay: float = 1e-4  # AdamW weight decay of the trained parameters
     epochs: int = 20
     patience: int = 3
     batch_size: int = 512
@@ -107,8 +109,11 @@ class CompileSpec:
         """Check values that do not depend on the models or data; return self."""
         if not self.sources:
             raise SpecError("no sources given; pass TASK=PATH arguments or [[source]] tables in the spec")
-        for task in {source.task for source in self.sources}:
+        # Tasks keep the order in which the sources first name them: it is the order of the fused graph's outputs.
+        order = list(dict.fromkeys(source.task for source in self.sources))
+        for task in order:
             self.tasks.setdefault(task, TaskSpec(task))
+        self.tasks = {task: self.tasks[task] for task in sorted(self.tasks, key=lambda t: order.index(t) if t in order else len(order))}
         for task in self.tasks.values():
             if task.kind is not None and task.kind not in _KINDS:
                 raise SpecError(f"task {task.name!r}: kind {task.kind!r} is invalid; use one of {', '.join(_KINDS)}")
@@ -122,6 +127,10 @@ class CompileSpec:
             raise SpecError(f"width {self.width} must be a multiple of heads {self.heads}")
         if not self.lr > 0:
             raise SpecError(f"lr must be positive, got {self.lr!r}")
+        if not 0 <= self.dropout < 1:
+            raise SpecError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.weight_decay >= 0:
+            raise SpecError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.device not in _DEVICES:
             raise SpecError(f"device {self.device!r} is invalid; use one of {', '.join(_DEVICES)}")
         for component in self.train_components:

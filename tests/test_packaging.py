@@ -21,7 +21,11 @@ def test_wheel_installs_passes_under_akfc(tmp_path):
     (wheel,) = tmp_path.glob("akfc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "akfc/passes/__init__.py" in names
-    assert "akfc/__init__.py" in names
+    # every package of the source tree lands in the wheel, subpackages included
+    for init in [*ROOT.glob("akfc/**/__init__.py"), *ROOT.glob("passes/**/__init__.py")]:
+        relative = init.relative_to(ROOT).as_posix()
+        installed = "akfc/" + relative if relative.startswith("passes/") else relative
+        assert installed in names, installed
     top_level = {name.split("/")[0] for name in names}
     assert "passes" not in top_level
     assert "models" not in top_level

@@ -1,0 +1,120 @@
+"""`akfc compile SPEC | TASK=PATH ...`: fuse source models into one multi-task ONNX graph."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from akfc.commands.eval import print_metrics
+from akfc.pipeline import compile as compile_spec
+from akfc.errors import SpecError
+from akfc.spec import CompileSpec, load_spec, merge_flags, parse_source_argument
+
+__all__ = ["register", "spec_from_args"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compile",
+        help="fuse source models into one multi-task ONNX graph",
+        description="Fuse trained single-task ONNX models into one multi-task ONNX graph. Give a TOML spec, "
+        "TASK=PATH sources, or both (flags override the spec).",
+    )
+    parser.add_argument("sources", nargs="+", metavar="SPEC | TASK=PATH", help="a TOML spec file and/or sources as TASK=PATH")
+    parser.add_argument("-o", "--output", help="fused ONNX file to write (default fused.onnx); report.json/.md/.png go beside it")
+    parser.add_argument("--train", help="training table (CSV or Parquet)")
+    parser.add_argument("--valid", help="validation table, for early stopping and the parity check")
+    parser.add_argument("--test", help="test table, for the report (optional)")
+    parser.add_argument("--levels", type=int, help="trunk levels fused per source (default 3)")
+    parser.add_argument("--width", type=int, help="width of the task tokens (default 64)")
+    parser.add_argument("--heads", type=int, help="attention heads of the inter-task layer (default 4)")
+    parser.add_argument("--dropout", type=float, help="dropout in the inter-task layer (default 0)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.0001)")
+    parser.add_argument("--epochs", type=int, help="maximum training epochs (default 20)")
+    parser.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 3)")
+    parser.add_argument("--batch-size", type=int, help="training rows per step (default 512)")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 0.001)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training and onnxruntime device (default auto)")
+    parser.add_argument("--kind", action="append", default=[], metavar="TASK=KIND", help="override a task's kind (binary, multiclass, regression)")
+    parser.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN", help="label column of a task (default: the task name)")
+    parser.add_argument("--train-components", dest="train_components", action="append", choices=("heads", "stems"), help="also train these source components (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted compile from its last checkpoint")
+    parser.add_argument("--force", action="store_true", default=None, help="overwrite an existing output")
+    parser.set_defaults(func=_compile)
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key or not item:
+            raise SpecError(f"{flag} {value!r} is not of the form TASK=VALUE")
+        pairs[key] = item
+    return pairs
+
+
+def spec_from_args(args: argparse.Namespace) -> CompileSpec:
+    """Build the compile spec from a spec file (if one is given) and the command-line flags."""
+    files = [item for item in args.sources if "=" not in item]
+    if len(files) > 1:
+        raise SpecError(f"give at most one spec file, got {', '.join(files)}")
+    spec = load_spec(files[0]) if files else CompileSpec(sources=[], tasks={})
+    spec.sources.extend(parse_source_argument(item) for item in args.sources if "=" in item)
+    flags = {
+        "output": Path(args.output) if args.output else None,
+        "train": Path(args.train) if args.train else None,
+        "valid": Path(args.valid) if args.valid else None,
+        "test": Path(args.test) if args.test else None,
+        "levels": args.levels,
+        "width": args.width,
+        "heads": args.heads,
+        "dropout": args.dropout,
+        "weight_decay": args.weight_decay,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": args.device,
+        "train_components": args.train_components,
+        "force": args.force,
+    }
+    spec = merge_flags(spec, **flags)
+    spec.validate()
+    for task, kind in _pairs(args.kind, "--kind").items():
+        if task not in spec.tasks:
+            raise SpecError(f"--kind names task {task!r}, which has no source; tasks are {', '.join(spec.tasks)}")
+        spec.tasks[task].kind = kind
+    for task, label in _pairs(args.label, "--label").items():
+        if task not in spec.tasks:
+            raise SpecError(f"--label names task {task!r}, which has no source; tasks are {', '.join(spec.tasks)}")
+        spec.tasks[task].label = label
+    return spec.validate()
+
+
+def _compile(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    console = Console(stderr=True)
+    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bars:
+        state = {"task": None, "epoch": 1}
+
+        def progress(done: int, total: int) -> None:
+            if state["task"] is None:
+                state["task"] = bars.add_task("train", total=total, epoch=state["epoch"])
+            bars.update(state["task"], completed=done)
+
+        def on_epoch(summary, line: str) -> None:  # noqa: ANN001 -- akfc.train.EpochSummary
+            console.print(line)
+            if state["task"] is not None:
+                bars.remove_task(state["task"])
+            state["task"], state["epoch"] = None, summary.epoch + 1
+
+        result = compile_spec(spec, on_epoch=on_epoch, progress=progress, resume=args.resume)
+    print_metrics(result.report, f"{result.output.name} ({result.report['split']} split)")
+    print(f"wrote {', '.join(str(path) for path in result.files)}")
+    return 0
