@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="maximum training epochs (default 20)")
     parser.add_argument("--patience", type=int, help="epochs without improvement before stopping (default 3)")
     parser.add_argument("--batch-size", type=int, help="training rows per step (default 512)")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 0.001)")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 0.0001)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training and onnxruntime device (default auto)")
     parser.add_argument("--kind", action="append", default=[], metavar="TASK=KIND", help="override a task's kind (binary, multiclass, regression)")
