@@ -19,7 +19,7 @@ Example::
     epochs = 20
     patience = 3
     batch_size = 512
-    lr = 1e-3
+    lr = 1e-4
     seed = 0
     device = "auto"                      # auto, cpu or cuda
 

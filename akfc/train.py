@@ -54,7 +54,7 @@ class TrainConfig:
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     patience: int = 3  # epochs without a better validation score before stopping
     batch_size: int = 512
-    lr: float = 1e-3  # AdamW learning rate of the fusion parameters
+    lr: float = 1e-4  # AdamW learning rate of the fusion parameters
     weight_decay: float = 1e-4
     seed: int = 0  # seeds parameter init (by the caller) and the batch order
     eval_batch_size: int = 8192
