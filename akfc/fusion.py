@@ -74,6 +74,7 @@ class SourceComponents:
     frontiers: list[list[tuple[tuple[int, ...], torch.dtype]]]
     output: str = "logit"  # what the head returns: "logit", "probability" (no logit exposed) or "value"
     classes: int = 1  # width of the head output: 1 for binary and regression
+    stem: nn.Module | None = None  # a lowered stem to train; None when stem outputs are cached instead
 
 
 def frontier_width(shapes: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> int:
@@ -272,6 +273,8 @@ class FusedModel(nn.Module):
         self.source_names = [source.name for source in sources]
         self.task_names = list(task_kinds)
         source_tasks = [self.task_names.index(source.task) for source in sources]
+        # A source without a lowered stem receives its stem frontier from the cache.
+        self.stems = nn.ModuleList(source.stem if source.stem is not None else IdentityBlock() for source in sources)
         self.blocks = nn.ModuleList(nn.ModuleList(source.blocks) for source in sources)
         self.heads = nn.ModuleList(source.head for source in sources)
         self.levels = nn.ModuleList(
@@ -289,8 +292,8 @@ class FusedModel(nn.Module):
         )
 
     def forward(self, stem_frontiers: list[Frontier]) -> FusedOutput:
-        """Run the fusion from the cached stem outputs (one frontier per source, in source order)."""
-        frontiers = list(stem_frontiers)
+        """Run the fusion from each source's stem frontier (its raw inputs for a source with a lowered stem)."""
+        frontiers = [tuple(self.stems[m](*frontier)) for m, frontier in enumerate(stem_frontiers)]
         gates, attention = [], []
         for k, level in enumerate(self.levels):
             frontiers = [tuple(self.blocks[m][k](*frontier)) for m, frontier in enumerate(frontiers)]

@@ -31,7 +31,7 @@ from akfc.atomic import write_atomic
 from akfc.data import InputSignature, bind_input, check_same_columns, read_table, task_labels
 from akfc.errors import DataError, ModelError, SpecError
 from akfc.fusion import FusedModel, FusionConfig, IdentityBlock, SourceComponents
-from akfc.lower import lower
+from akfc.lower import lower, lowering_info
 from akfc.metrics import task_metrics
 from akfc.passes.decompose import Decomposition, decompose
 from akfc.passes.extract import extract_component
@@ -66,12 +66,12 @@ class _Source:
     decomposition: Decomposition
     components: list[onnx.ModelProto]  # stem, block 1..L, head (the head ends at head_output)
     head_output: str
-    output_mode: str  # "logit", "probability" or "value": what head_output holds
+    output_mode: str  # "logit", "probability" or "value": the content of head_output
 
 
 @dataclass
 class CompileResult:
-    """What `compile` produced."""
+    """Result of a compile: the written files, the report and the trained model."""
 
     output: Path
     report: dict[str, Any]
@@ -326,12 +326,17 @@ def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: Compil
     """Run every stem over a table in onnxruntime; return its frontiers and the task labels."""
     budget = spec.cache_budget_mb * 1024 * 1024
     frontiers = []
+    train_stems = "stems" in spec.train_components
     for source in sources:
         stem = source.components[0]
         feeds = {}
         for signature in input_signatures(stem):
             original = source.normalized.input_names[signature.name]
             feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
+        if train_stems:
+            # A trained stem runs in torch on every step, so the cache contains its raw inputs.
+            frontiers.append(tuple(torch.from_numpy(np.array(feeds[s.name])) for s in input_signatures(stem)))
+            continue
         session = make_session(stem, spec.device if spec.device != "auto" else "auto")
         names = [t.name for t in source.decomposition.stem.outputs]
         out = run_batched(session, feeds, names, memory_budget_bytes=budget, cache_dir=workdir)
@@ -355,22 +360,37 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _lower_source(source: _Source, spec: CompileSpec) -> SourceComponents:
-    """Lower a source's blocks and head; identity blocks stay identities."""
+    """Lower a source's blocks and head (and its stem when stems are trained); identity blocks stay identities."""
     name = source.spec.name
     blocks = []
     for component, model in zip(source.decomposition.blocks, source.components[1:-1]):
         blocks.append(IdentityBlock() if component.identity else lower(model, source=f"{name} {component.name}"))
-    head = lower(source.components[-1], trainable="heads" in spec.train_components, source=f"{name} head")
-    if "heads" not in spec.train_components:
-        head.requires_grad_(False)
     for block in blocks:
         block.requires_grad_(False)
+    train_heads = "heads" in spec.train_components
+    head = lower(source.components[-1], trainable=train_heads, source=f"{name} head")
+    head.requires_grad_(train_heads)
+    stem = None
+    if "stems" in spec.train_components:
+        try:
+            stem = lower(source.components[0], trainable=True, source=f"{name} stem")
+        except ModelError as error:
+            raise ModelError(f"--train stems: the stem of source {name!r} cannot be lowered to torch, so it cannot be trained. {error}") from None
     frontiers = [
         [(tuple(int(d) for d in t.shape[1:]), _dtype(t.dtype)) for t in frontier.tensors]
         for frontier in source.decomposition.frontiers
     ]
     classes = int(source.decomposition.head.outputs[0].shape[-1]) if len(source.decomposition.head.outputs[0].shape) > 1 else 1
-    return SourceComponents(name, source.spec.task, blocks, head, frontiers, output=source.output_mode, classes=classes)
+    return SourceComponents(name, source.spec.task, blocks, head, frontiers, output=source.output_mode, classes=classes, stem=stem)
+
+
+def _trained_initializers(module: torch.nn.Module | None) -> dict[str, np.ndarray]:
+    """Return ONNX initializer name -> trained value for a lowered module whose weights were trained."""
+    if module is None or not any(p.requires_grad for p in module.parameters()):
+        return {}
+    info = lowering_info(module)
+    values = dict(module.named_parameters())
+    return {onnx_name: values[attr].detach().cpu().numpy() for onnx_name, attr in info.initializers.items() if attr in values}
 
 
 def _source_predictions(sources: list[_Source], table: pa.Table, file: str, kinds: Mapping[str, str]) -> dict[str, list[np.ndarray]]:
@@ -404,7 +424,7 @@ def _check_initial_equality(model: FusedModel, sources: list[_Source], kinds: Ma
 
 def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[FusedInput], kinds: Mapping[str, str], valid_set: TrainingSet) -> onnx.ModelProto:
     layouts = []
-    for source in sources:
+    for m, source in enumerate(sources):
         decomposition = source.decomposition
         layouts.append(
             SourceLayout(
@@ -415,12 +435,17 @@ def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[Fus
                 frontiers=[list(f.names) for f in decomposition.frontiers],
                 head_output=source.head_output,
                 inputs={name: source.spec.inputs.get(original, original) for name, original in source.normalized.input_names.items()},
+                trained={
+                    0: _trained_initializers(model.stems[m] if not isinstance(model.stems[m], IdentityBlock) else None),
+                    len(decomposition.components) - 1: _trained_initializers(model.heads[m]),
+                },
             )
         )
     # Example frontiers for the export: a few rows of each level's output frontier.
     examples = []
     with torch.no_grad():
         frontiers, _ = valid_set.rows(slice(0, _EXPORT_ROWS))
+        frontiers = [tuple(model.stems[m](*f)) for m, f in enumerate(frontiers)]
         for k, level in enumerate(model.levels):
             frontiers = [tuple(model.blocks[m][k](*f)) for m, f in enumerate(frontiers)]
             examples.append(frontiers)

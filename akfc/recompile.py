@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx.compose
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ _WIDENS_TO = {
 
 @dataclass
 class SourceLayout:
-    """Where a source's components and frontiers sit in its normalised graph."""
+    """Position of a source's components and frontiers in its normalised graph."""
 
     name: str  # source id; every tensor and node name of `model` already starts with it
     task: str
@@ -60,6 +61,8 @@ class SourceLayout:
     frontiers: list[list[str]]  # tensor names: F_0 (stem output) .. F_L (head input)
     head_output: str  # the tensor the head ends at: the logit, or the output when there is none
     inputs: dict[str, str | list[str]] = field(default_factory=dict)  # graph input -> data column(s)
+    # component index -> initializer name -> trained value, for components whose weights were trained
+    trained: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,21 +161,27 @@ def _float_frontier(model: onnx.ModelProto, tensors: Sequence[str]) -> list[str]
 
 def _assemble_sources(layouts: Sequence[SourceLayout], opset: int, ir_version: int) -> onnx.ModelProto:
     """Gather the sources' component nodes and initializers into one model (inputs: the sources' own, prefixed)."""
-    nodes, initializers, inputs, value_infos, outputs = [], [], [], [], []
+    nodes, initializers, inputs, value_infos = [], [], [], []
     for layout in layouts:
         renamed = _rename_nodes(layout.model, layout.components, layout.name)
-        kept = {node for component in layout.components for node in component}
+        owner = {node: index for index, component in enumerate(layout.components) for node in component}
+        # A trained initializer gets its own copy, so a frozen component that shares it keeps the original bytes.
+        trained_names = {index: {name: f"{name}/trained" for name in values} for index, values in layout.trained.items()}
         for node in layout.model.graph.node:
-            if node.name in kept:
-                copy = onnx.NodeProto()
-                copy.CopyFrom(node)
-                copy.name = renamed[node.name]
-                nodes.append(copy)
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            # Nodes outside every component are the shape and constant computations that components share.
+            copy.name = renamed.get(node.name, f"{layout.name}/shared/{node.name[len(layout.name) + 1 :]}")
+            names = trained_names.get(owner.get(node.name, -1), {})
+            for i, name in enumerate(copy.input):
+                copy.input[i] = names.get(name, name)
+            nodes.append(copy)
         initializers.extend(layout.model.graph.initializer)
+        for index, values in layout.trained.items():
+            initializers.extend(onnx.numpy_helper.from_array(value, trained_names[index][name]) for name, value in values.items())
         inputs.extend(layout.model.graph.input)
-        value_infos.extend(_value_info(layout.model)[layout.head_output] for _ in [0])
-        outputs.append(layout.head_output)
-    graph = onnx.helper.make_graph(nodes, "fused", inputs, [v for v in value_infos], initializers)
+        value_infos.append(_value_info(layout.model)[layout.head_output])
+    graph = onnx.helper.make_graph(nodes, "fused", inputs, value_infos, initializers)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=ir_version)
     for layout in layouts:
         for opset_id in layout.model.opset_import:

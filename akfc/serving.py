@@ -1,6 +1,6 @@
 """Running and evaluating fused graphs (and their sources) on data tables.
 
-A fused graph records what akfc knows about it in ONNX metadata_props (keys
+A fused graph stores its tasks, sources and metrics in ONNX metadata_props (keys
 below), so `akfc run` and `akfc eval` need only the graph and a table. Its
 graph inputs are named after the data columns that feed them.
 
@@ -70,7 +70,7 @@ class SourceRecord:
 
 @dataclass
 class FusedMetadata:
-    """What a fused graph's metadata_props say about it."""
+    """The akfc entries of a fused graph's metadata_props, parsed."""
 
     tasks: dict[str, dict[str, Any]]
     sources: list[SourceRecord]

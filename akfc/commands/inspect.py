@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+import onnx
 
 from rich.console import Console
 
 from akfc.errors import SpecError
+from akfc.inspect_fused import fused_summary, fused_table, fused_to_dict, is_fused
+from akfc.serving import read_metadata
 from akfc.inspect import component_table, draw, inspect_model, summary_line, to_dict
 from akfc.passes.decompose import DEFAULT_LEVELS
 from akfc.passes.normalize import KINDS
@@ -51,7 +56,24 @@ def parse_frontier(text: str) -> tuple[int, list[str]]:
     return int(index), tensors
 
 
+def _inspect_fused(args: argparse.Namespace, model: onnx.ModelProto) -> int:
+    if args.json:
+        print(json.dumps(fused_to_dict(model, args.model), indent=2))
+        return 0
+    if args.svg or args.png:
+        raise SpecError(f"{args.model} is a fused graph; --svg and --png draw source models only")
+    console = Console()
+    console.print(fused_table(model, f"{args.model}: components"))
+    for line in fused_summary(read_metadata(model, args.model), model):
+        console.print(line, highlight=False, soft_wrap=True)
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    # A fused graph's components are read from its node namespaces, not cut again.
+    header = onnx.load(args.model, load_external_data=False) if _is_onnx_file(args.model) else None
+    if header is not None and is_fused(header):
+        return _inspect_fused(args, onnx.load(args.model))
     if args.levels < 1:
         raise SpecError(f"--levels {args.levels}: the number of levels must be at least 1")
     frontiers = dict(parse_frontier(text) for text in args.frontier)
@@ -68,3 +90,14 @@ def _inspect(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"picture written to {written}")
     return 0
+
+
+def _is_onnx_file(path: str) -> bool:
+    """Return whether `path` parses as an ONNX model; anything else is left to the source loader's errors."""
+    if not Path(path).is_file():
+        return False
+    try:
+        onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 -- any parse failure means "not a fused graph"; load_model reports it properly
+        return False
+    return True

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
 import akfc.pipeline as compile_module
 from akfc.pipeline import compile, plan
+from akfc.cli import main
 from akfc.data import read_table
 from akfc.errors import ModelError, SpecError
 from akfc.passes.load import load_model
@@ -218,3 +221,42 @@ def test_failed_parity_writes_nothing(sources, adult_dir, tmp_path, monkeypatch)
         compile(_spec(sources, adult_dir, tmp_path / "fused.onnx", epochs=0))
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "fused.checkpoints")
     assert leftovers == []
+
+
+def test_trained_heads_and_stems_written_back(sources, adult_dir, tmp_path):
+    result = compile(_spec(sources, adult_dir, tmp_path / "fused.onnx", epochs=1, lr=1e-3, train_components=["heads", "stems"]))
+    assert all(diff <= 1e-5 for diff in result.parity.values()), result.parity
+    fused = {i.name: i for i in onnx.load(result.output).graph.initializer}
+    trained = [name for name in fused if name.endswith("/trained")]
+    assert any("income_dcn_legacy/" in name for name in trained)
+    original = {i.name: i for i in normalize(unify_opsets([load_model(sources[1][1])])[0], "income_dcn_legacy").model.graph.initializer}
+    changed = [name for name in trained if name.startswith("income_dcn_legacy/")
+               and onnx.numpy_helper.to_array(fused[name]).tobytes() != onnx.numpy_helper.to_array(original[name[: -len("/trained")]]).tobytes()]
+    assert changed, "no trained stem or head weight differs from the source"
+
+
+def test_inspect_fused_graph(compiled, capsys):
+    assert main(["inspect", str(compiled.output)]) == 0
+    out = capsys.readouterr().out
+    assert "akf" in out and "mixture" in out
+    assert "task income (binary, output 'income', label 'income'): sources income_mlp_deep_legacy, income_dcn_legacy" in out
+    assert main(["inspect", str(compiled.output), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["model"]["fused"] is True
+    assert document["model"]["levels"] == 3
+    names = {(c["owner"], c["name"]) for c in document["components"]}
+    assert {("akf", "level1"), ("akf", "mixture"), ("income_dcn_legacy", "stem"), ("marital_deepfm_dynamo", "head")} <= names
+
+
+def test_eval_and_run_commands(compiled, sources, adult_dir, tmp_path, capsys):
+    test_file = str(adult_dir / "test.parquet")
+    assert main(["eval", str(compiled.output), "--data", test_file, "--sources", *(str(p) for _, p in sources), "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tasks"]["income"]["fused"]["auc"] == pytest.approx(compiled.report["tasks"]["income"]["fused"]["auc"], abs=1e-9)
+    assert set(report["tasks"]["income"]["sources"]) == {"income_mlp_deep_legacy", "income_dcn_legacy"}
+    assert "ensemble" in report["tasks"]["income"]
+    out = tmp_path / "predictions.parquet"
+    assert main(["run", str(compiled.output), "--data", test_file, "--out", str(out)]) == 0
+    predictions = read_table(out)
+    assert predictions.column_names == ["income", "marital"]
+    assert predictions.num_rows == 16_281
