@@ -37,7 +37,7 @@ from akfc.passes.decompose import Decomposition, decompose
 from akfc.passes.extract import extract_component
 from akfc.passes.load import load_model
 from akfc.passes.normalize import NormalizedSource, normalize, prune
-from akfc.passes.opset import target_opset, unify_opsets
+from akfc.passes.opset import convert_opset, target_opset
 from akfc.recompile import FusedInput, SourceLayout, recompile
 from akfc.report import plot_report, write_json, write_markdown
 from akfc.runtime import make_session, run_batched
@@ -54,6 +54,7 @@ PARITY_TOLERANCE = 1e-5
 # The fused model before training against the sources run in onnxruntime.
 INITIAL_TOLERANCE = 1e-5
 _EXPORT_ROWS = 8  # rows of example frontiers the AKF parts are exported with
+FUSED_MIN_OPSET = 18  # the lowest opset the torch exporter writes without a conversion step
 
 
 @dataclass
@@ -250,9 +251,11 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
         seen[digest] = source
         loaded.append(load_model(source.path, output=source.output))
         hashes.append(digest)
-    opset = target_opset(loaded)
+    # The fusion layers are exported at the common opset too, and the torch exporter's conversion below
+    # opset 18 leaves opset-18 attributes behind (noop_with_empty_axes on ReduceLogSumExp, torch 2.13).
+    opset = max(target_opset(loaded), FUSED_MIN_OPSET)
     logger.info("common opset %d", opset)
-    unified = unify_opsets(loaded, [str(source.path) for source in spec.sources])
+    unified = [convert_opset(model, opset, origin=str(source.path)) for model, source in zip(loaded, spec.sources)]
 
     prepared = []
     for source, model, digest in zip(spec.sources, unified, hashes):
@@ -294,7 +297,7 @@ def _bindings(source: _Source) -> dict[str, str | list[str]]:
 
 
 def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[FusedInput]:
-    """Decide the fused graph's inputs: one per bound column, typed after the first source that reads it."""
+    """Decide the fused graph's inputs: one [batch] tensor per bound column, of the narrowest integer type or else the first reader's type."""
     chosen: dict[str, FusedInput] = {}
     readers: dict[str, str] = {}
     for source in sources:
@@ -317,7 +320,8 @@ def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[Fu
                     # The narrower integer type feeds both: widening it for the other source is lossless.
                     chosen[binding] = FusedInput(binding, signature.dtype, first.shape)
                 continue
-            chosen[binding] = FusedInput(binding, signature.dtype, signature.shape)
+            # One value per row: a source that reads [batch, 1] gets it through an Unsqueeze.
+            chosen[binding] = FusedInput(binding, signature.dtype, (signature.shape[0],))
             readers[binding] = source.spec.name
     return list(chosen.values())
 
