@@ -90,7 +90,7 @@ class EpochSummary:
 
 @dataclass
 class TrainResult:
-    """What training produced: the best weights are loaded into the model."""
+    """Outcome of training; the best weights are already loaded into the model."""
 
     baseline: dict[str, dict[str, float]]  # validation metrics before the first step
     best_metrics: dict[str, dict[str, float]]
