@@ -90,7 +90,7 @@ def _convert(values: np.ndarray, dtype: np.dtype, column: str, file: str) -> np.
         bad = np.isnan(numeric) & ~np.array([_is_nan_text(v) for v in values])
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
-            raise DataError(f"data file {file}: column {column!r} holds text where numbers are expected, e.g. {values[first]!r} at row {first}")
+            raise DataError(f"data file {file}: column {column!r} contains text where numbers are expected, e.g. {values[first]!r} at row {first}")
         values = numeric
         converted = values.astype(dtype)
     elif dtype.kind in "OUS":
@@ -139,8 +139,8 @@ def bind_input(table: pa.Table, signature: InputSignature, columns: str | Sequen
         file: the table's file name, for error messages.
 
     Returns:
-        An array of the input's dtype: [N] or [N, 1] for one column (as the
-        input's rank says), [N, F] for a packed input.
+        An array of the input's dtype: [N] or [N, 1] for one column (following
+        the input's rank), [N, F] for a packed input.
     """
     rank = len(signature.shape)
     if isinstance(columns, str):

@@ -43,7 +43,7 @@ def test_missing_column_named():
 
 def test_text_in_numeric_column_names_row():
     table = _table(age=["31", "old", "40"])
-    with pytest.raises(DataError, match=r"column 'age' holds text where numbers are expected, e.g. 'old' at row 1"):
+    with pytest.raises(DataError, match=r"column 'age' contains text where numbers are expected, e.g. 'old' at row 1"):
         bind_input(table, InputSignature("age", np.dtype(np.float32), ("N",)), "age", "t.csv")
 
 
