@@ -50,9 +50,10 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     else:
         level = logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # The torch exporter's own passes log every rewrite at INFO; keep them to warnings unless debugging.
+    # The torch exporter logs every rewrite at INFO and warns that torchvision is missing, which akfc does
+    # not need; show its errors only unless debugging.
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if level > logging.DEBUG else level)
+        logging.getLogger(noisy).setLevel(logging.ERROR if level > logging.DEBUG else level)
 
 
 def main(argv: list[str] | None = None) -> int:

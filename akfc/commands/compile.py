@@ -109,7 +109,7 @@ def _compile(args: argparse.Namespace) -> int:
             bars.update(state["task"], completed=done)
 
         def on_epoch(summary, line: str) -> None:  # noqa: ANN001 -- akfc.train.EpochSummary
-            console.print(line)
+            console.print(line, soft_wrap=True, highlight=False)
             if state["task"] is not None:
                 bars.remove_task(state["task"])
             state["task"], state["epoch"] = None, summary.epoch + 1
