@@ -306,6 +306,22 @@ class FusedModel(nn.Module):
         outputs = {task: self.mixtures[task](per_task[task]) for task in self.task_names}
         return FusedOutput(outputs=outputs, head_outputs=per_task, gates=gates, attention=attention)
 
+    def task_parameter_names(self, task: str) -> list[str]:
+        """Name the parameters that belong to one task: its sources' adapters and heads, and its mixture.
+
+        Put back at their starting values they return the task's output to its
+        sources' ensemble; the projections, gates and inter-task layers are shared.
+        """
+        sources = {str(m) for m in self.task_sources[task]}
+        names = []
+        for name, _ in self.named_parameters():
+            parts = name.split(".")
+            adapter = parts[0] == "levels" and parts[2] == "adapters" and parts[3] in sources
+            head = parts[0] == "heads" and parts[1] in sources
+            if adapter or head or parts[:2] == ["mixtures", task]:
+                names.append(name)
+        return names
+
     def akf_parameters(self) -> list[nn.Parameter]:
         """Return the parameters the fusion adds (levels and mixtures), as opposed to the sources' own."""
         return [p for module in (self.levels, self.mixtures) for p in module.parameters()]

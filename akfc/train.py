@@ -8,6 +8,14 @@ Early stopping follows one validation score: the mean over tasks of the
 relative improvement of each task's primary metric (AUC for binary and
 multiclass, RMSE for regression) over its value before the first step. The
 weights with the best score are kept and restored at the end.
+
+Each task also stops on its own. After the first epoch that does not raise
+a task's metric above its best so far, the task's own parameters (its
+sources' adapters and heads, its mixture) go back to their values at that
+best and stay frozen. The shared parameters train on for the other tasks.
+The sources were fitted on the same training rows, so what the fusion learns
+there need not carry over: a task that it never helps keeps its sources'
+ensemble output instead of drifting below it.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 LAST_CHECKPOINT = "last.pt"
 
 
@@ -96,6 +104,7 @@ class TrainResult:
     best_metrics: dict[str, dict[str, float]]
     best_score: float
     best_epoch: int  # 0 when no epoch beat the starting point
+    task_epochs: dict[str, int] = field(default_factory=dict)  # per task: the epoch its own parameters come from
     history: list[EpochSummary] = field(default_factory=list)
 
 
@@ -186,6 +195,8 @@ def train(
     # 1. the starting point: validation metrics before any step
     baseline = evaluate(model, valid_set, kinds, config.eval_batch_size, device)
     best = {"score": 0.0, "epoch": 0, "metrics": baseline, "model": _cpu_state(model)}
+    owned = {task: model.task_parameter_names(task) for task in kinds}
+    tasks = {task: {"score": 0.0, "epoch": 0, "active": True, "own": _cpu_state(model, names)} for task, names in owned.items()}
     history: list[EpochSummary] = []
     start_epoch = 1
 
@@ -198,7 +209,10 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         order.set_state(state["rng"]["order"])
-        baseline, best = state["baseline"], state["best"]
+        baseline, best, tasks = state["baseline"], state["best"], state["tasks"]
+        for task, entry in tasks.items():
+            if not entry["active"]:
+                _freeze(model, owned[task])
         history = [EpochSummary(**entry) for entry in state["history"]]
         start_epoch = state["epoch"] + 1
         logger.info("resumed from %s after epoch %d", last_path, state["epoch"])
@@ -206,7 +220,7 @@ def train(
     # 3. epochs
     batches = (len(train_set) + config.batch_size - 1) // config.batch_size
     for epoch in range(start_epoch, config.epochs + 1):
-        if epoch - best["epoch"] > config.patience:
+        if epoch - best["epoch"] > config.patience or not any(entry["active"] for entry in tasks.values()):
             break
         started = time.perf_counter()
         model.train()
@@ -226,6 +240,8 @@ def train(
                 progress(b + 1, batches)
 
         metrics = evaluate(model, valid_set, kinds, config.eval_batch_size, device)
+        if _stop_tasks(model, kinds, metrics, baseline, tasks, owned, epoch):
+            metrics = evaluate(model, valid_set, kinds, config.eval_batch_size, device)
         score = relative_improvement(kinds, metrics, baseline)
         improved = score > best["score"]
         if improved:
@@ -241,6 +257,7 @@ def train(
             "rng": {"torch": torch.get_rng_state(), "order": order.get_state()},
             "baseline": baseline,
             "best": best,
+            "tasks": tasks,
             "history": [asdict(entry) for entry in history],
         }
         write_atomic(last_path, lambda tmp: torch.save(checkpoint, tmp))
@@ -251,11 +268,53 @@ def train(
 
     # 4. keep the best weights (the starting point when no epoch improved on it)
     model.load_state_dict(best["model"])
-    return TrainResult(baseline, best["metrics"], best["score"], best["epoch"], history)
+    for p in parameters:
+        p.requires_grad_(True)
+    task_epochs = {task: min(entry["epoch"], best["epoch"]) if not entry["active"] else best["epoch"] for task, entry in tasks.items()}
+    return TrainResult(baseline, best["metrics"], best["score"], best["epoch"], task_epochs, history)
 
 
-def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+def _stop_tasks(
+    model: FusedModel,
+    kinds: Mapping[str, str],
+    metrics: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    tasks: dict[str, dict[str, Any]],
+    owned: Mapping[str, Sequence[str]],
+    epoch: int,
+) -> bool:
+    """Record each active task's best, and stop a task whose metric did not improve.
+
+    Stopping puts the task's own parameters back at their best values and
+    freezes them. Returns whether any task stopped, because that changes the
+    model's outputs.
+    """
+    stopped = False
+    for task, entry in tasks.items():
+        if not entry["active"]:
+            continue
+        score = relative_improvement({task: kinds[task]}, metrics, baseline)
+        if score > entry["score"]:
+            entry.update(score=score, epoch=epoch, own=_cpu_state(model, owned[task]))
+            continue
+        # `own` holds only this task's parameters; strict=False leaves every other entry as it is.
+        model.load_state_dict(entry["own"], strict=False)
+        _freeze(model, owned[task])
+        entry["active"] = False
+        stopped = True
+        logger.info("task %s stopped improving at epoch %d; its own parameters are back at epoch %d", task, epoch, entry["epoch"])
+    return stopped
+
+
+def _freeze(model: nn.Module, names: Sequence[str]) -> None:
+    parameters = dict(model.named_parameters())
+    for name in names:
+        parameters[name].requires_grad_(False)
+
+
+def _cpu_state(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    state = model.state_dict()
+    return {name: state[name].detach().to("cpu", copy=True) for name in (state if names is None else names)}
 
 
 def _check_resumable(state: Mapping[str, Any], fingerprint: Mapping[str, Any], path: Path) -> None:

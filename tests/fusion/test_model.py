@@ -172,3 +172,25 @@ def test_checkpoint_loads_weights_only(tmp_path):
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 1
     assert set(state) >= {"fingerprint", "model", "optimizer", "rng", "baseline", "best", "history"}
+
+
+def test_task_parameter_names_exact():
+    model, _ = _model()
+    names = model.task_parameter_names("buy")
+    adapters = [f"levels.{k}.adapters.2.{i}.{p}" for k in (0, 1) for i in (0, 1) for p in ("weight", "bias")]
+    assert names == ["heads.2.linear.weight", "heads.2.linear.bias", *adapters, "mixtures.buy.mixture_logits"]
+
+
+def test_stopped_task_keeps_start(tmp_path):
+    model, sources = _model()
+    start = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    valid = _sets(sources, seed=2)
+    # Validation labels invert the training ones, so learning buy on the training rows lowers its validation AUC.
+    valid.labels["buy"] = 2 - valid.labels["buy"]
+    config = TrainConfig(epochs=3, patience=10, batch_size=64, lr=1e-2)
+    result = train(model, {"click": "binary", "buy": "multiclass"}, _sets(sources), valid, config, tmp_path)
+    assert result.task_epochs["buy"] == 0
+    state = model.state_dict()
+    for name in model.task_parameter_names("buy"):
+        assert torch.equal(state[name], start[name]), name
+    assert all(p.requires_grad for p in model.akf_parameters())
