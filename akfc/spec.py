@@ -106,7 +106,11 @@ class CompileSpec:
     force: bool = False  # overwrite an existing output
 
     def validate(self) -> CompileSpec:
-        """Check values that do not depend on the models or data; return self."""
+        """Check values that do not depend on the models or data; return self.
+
+        The messages name options by their spec keys; the command line spells
+        them with dashes (batch_size is --batch-size).
+        """
         if not self.sources:
             raise SpecError("no sources given; pass TASK=PATH arguments or [[source]] tables in the spec")
         # Tasks keep the order in which the sources first name them: it is the order of the fused graph's outputs.
@@ -215,7 +219,7 @@ def load_spec(path: str | Path) -> CompileSpec:
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise SpecError(f"spec file {path} not found") from None
+        raise SpecError(f"spec file {path} not found; give a TOML spec, or sources as TASK=PATH (e.g. income=models/income.onnx)") from None
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"spec file {path} is not valid TOML: {error}") from None
     base = path.parent

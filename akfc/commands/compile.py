@@ -98,9 +98,13 @@ def spec_from_args(args: argparse.Namespace) -> CompileSpec:
 
 def _compile(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=args.quiet)
+    console.print(
+        f"preparing {len(spec.sources)} sources for {len(spec.tasks)} tasks: loading, decomposing, lowering and caching stem outputs",
+        highlight=False,
+    )
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bars:
+    with Progress(*columns, console=console, transient=True, disable=args.quiet) as bars:
         state = {"task": None, "epoch": 1}
 
         def progress(done: int, total: int) -> None:
@@ -115,6 +119,7 @@ def _compile(args: argparse.Namespace) -> int:
             state["task"], state["epoch"] = None, summary.epoch + 1
 
         result = compile_spec(spec, on_epoch=on_epoch, progress=progress, resume=args.resume)
-    print_metrics(result.report, f"{result.output.name} ({result.report['split']} split)")
-    print(f"wrote {', '.join(str(path) for path in result.files)}")
+    if not args.quiet:
+        print_metrics(result.report, f"{result.output.name} ({result.report['split']} split)")
+        print(f"wrote {', '.join(str(path) for path in result.files)}")
     return 0

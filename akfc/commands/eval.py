@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from akfc.commands.run import load_fused
 from akfc.data import read_table
 from akfc.report import metrics_table, plot_report, write_json
 from akfc.serving import evaluate_table
@@ -17,7 +18,12 @@ __all__ = ["print_metrics", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("eval", help="compare the fused graph with its sources on a labelled table")
+    parser = subparsers.add_parser(
+        "eval",
+        help="compare the fused graph with its sources on a labelled table",
+        description="Compute each task's metrics for the fused graph and, for each source file given, for that "
+        "source and for the sources' ensemble, all in onnxruntime.",
+    )
     parser.add_argument("fused", help="fused ONNX graph written by `akfc compile`")
     parser.add_argument("--data", required=True, help="CSV or Parquet table with feature and label columns")
     parser.add_argument("--sources", nargs="*", default=[], metavar="MODEL", help="source ONNX files to evaluate beside the fused graph")
@@ -46,6 +52,7 @@ def print_metrics(report: dict, title: str, console: Console | None = None) -> N
 
 
 def _eval(args: argparse.Namespace) -> int:
+    load_fused(args.fused)  # a clean error for a missing or unreadable file, before any work
     table = read_table(args.data)
     report = evaluate_table(args.fused, table, args.data, source_paths=args.sources, device=args.device)
     if args.json == "-":
