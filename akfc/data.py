@@ -129,6 +129,10 @@ def _is_nan_text(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() == "nan"
 
 
+def _is_text(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
 def bind_input(table: pa.Table, signature: InputSignature, columns: str | Sequence[str], file: str) -> np.ndarray:
     """Build the array that feeds one graph input from its bound column(s).
 
@@ -144,6 +148,13 @@ def bind_input(table: pa.Table, signature: InputSignature, columns: str | Sequen
     """
     rank = len(signature.shape)
     if isinstance(columns, str):
+        if signature.dtype.kind in "OUS" and columns in table.column_names and not _is_text(table.schema.field(columns).type):
+            # Numbers turned into text would reach a string encoder as unknown categories, silently.
+            raise DataError(
+                f"data file {file}: graph input {signature.name!r} reads text but column {columns!r} holds "
+                f"{table.schema.field(columns).type} values; bind the input to a text column with "
+                f"inputs = {{ {signature.name} = \"COLUMN\" }} in the spec"
+            )
         values = _convert(_column(table, columns, file), signature.dtype, columns, file)
         if rank == 1:
             return values

@@ -19,6 +19,10 @@ The adapters ``A_m`` start at zero, so before training the fused model
 computes exactly what its sources compute. A task with several sources outputs
 a learned mixture of their probabilities (values for regression). The mixture
 weights start uniform, so the fused model starts as the sources' ensemble.
+
+A *head-only* source (a tree ensemble: no frontier inside it) takes part in
+its task's mixture only. No level reads it: its output is computed once, before
+fusion, and its blocks and head are identities.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class SourceComponents:
     output: str = "logit"  # what the head returns: "logit", "probability" (no logit exposed) or "value"
     classes: int = 1  # width of the head output: 1 for binary and regression
     stem: nn.Module | None = None  # a lowered stem to train; None when stem outputs are cached instead
+    head_only: bool = False  # no interior frontier: the cached stem output is the head output, and no level reads it
 
 
 def frontier_width(shapes: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> int:
@@ -181,6 +186,11 @@ class AKFLevel(nn.Module):
         # 2. intra-task gates: u_t (B, D)
         tokens, gate_weights = [], []
         for task, sources in enumerate(self.task_sources):
+            if not sources:
+                # Every source of this task is head-only: its token carries only the task embedding.
+                tokens.append(torch.zeros_like(z[0]))
+                gate_weights.append(z[0][:, :0])
+                continue
             if str(task) not in self.gates:
                 tokens.append(z[sources[0]])
                 gate_weights.append(torch.ones_like(z[sources[0]][:, :1]))
@@ -232,6 +242,8 @@ class TaskMixture(nn.Module):
                 logs.append(torch.log_softmax(output, dim=-1))
             else:
                 # A source that exposes only probabilities (tree ensembles): clamp so that log stays finite.
+                if self.kind == "binary" and output.shape[-1] == 2:
+                    output = output[..., 1:]  # classifiers with [P(0), P(1)] columns
                 p = output.clamp(1e-12, 1.0)
                 logs.append(torch.cat([torch.log1p(-p.clamp(max=1 - 1e-7)), p.log()], dim=-1) if self.kind == "binary" else p.log())
         return torch.stack(logs)
@@ -273,12 +285,21 @@ class FusedModel(nn.Module):
         self.source_names = [source.name for source in sources]
         self.task_names = list(task_kinds)
         source_tasks = [self.task_names.index(source.task) for source in sources]
+        # The sources the levels see, in order; level k's i-th frontier belongs to source fused_sources[i].
+        self.fused_sources = [m for m, source in enumerate(sources) if not source.head_only]
+        if not self.fused_sources:
+            raise ValueError("every source is head-only, so there is nothing to fuse; add a source with an interior frontier")
         # A source without a lowered stem receives its stem frontier from the cache.
         self.stems = nn.ModuleList(source.stem if source.stem is not None else IdentityBlock() for source in sources)
         self.blocks = nn.ModuleList(nn.ModuleList(source.blocks) for source in sources)
         self.heads = nn.ModuleList(source.head for source in sources)
         self.levels = nn.ModuleList(
-            AKFLevel(config, [source.frontiers[k + 1] for source in sources], source_tasks, len(self.task_names))
+            AKFLevel(
+                config,
+                [sources[m].frontiers[k + 1] for m in self.fused_sources],
+                [source_tasks[m] for m in self.fused_sources],
+                len(self.task_names),
+            )
             for k in range(self.level_count)
         )
         self.task_sources = {
@@ -295,9 +316,8 @@ class FusedModel(nn.Module):
         """Run the fusion from each source's stem frontier (its raw inputs for a source with a lowered stem)."""
         frontiers = [tuple(self.stems[m](*frontier)) for m, frontier in enumerate(stem_frontiers)]
         gates, attention = [], []
-        for k, level in enumerate(self.levels):
-            frontiers = [tuple(self.blocks[m][k](*frontier)) for m, frontier in enumerate(frontiers)]
-            frontiers, level_gates, level_attention = level(frontiers)
+        for k in range(self.level_count):
+            frontiers, level_gates, level_attention = self.run_level(k, frontiers)
             gates.append(level_gates)
             attention.append(level_attention)
         head_outputs = [self.heads[m](*frontier) for m, frontier in enumerate(frontiers)]
@@ -306,6 +326,14 @@ class FusedModel(nn.Module):
         outputs = {task: self.mixtures[task](per_task[task]) for task in self.task_names}
         return FusedOutput(outputs=outputs, head_outputs=per_task, gates=gates, attention=attention)
 
+    def run_level(self, k: int, frontiers: list[Frontier]) -> tuple[list[Frontier], list[Tensor], Tensor]:
+        """Run every source's level-k block, then the level's fusion over the sources it sees."""
+        frontiers = [tuple(self.blocks[m][k](*frontier)) for m, frontier in enumerate(frontiers)]
+        fed_back, gates, attention = self.levels[k]([frontiers[m] for m in self.fused_sources])
+        for m, frontier in zip(self.fused_sources, fed_back):
+            frontiers[m] = frontier
+        return frontiers, gates, attention
+
     def task_parameter_names(self, task: str) -> list[str]:
         """Name the parameters that belong to one task: its sources' adapters and heads, and its mixture.
 
@@ -313,10 +341,12 @@ class FusedModel(nn.Module):
         sources' ensemble; the projections, gates and inter-task layers are shared.
         """
         sources = {str(m) for m in self.task_sources[task]}
+        # Adapters are indexed by position among the sources the levels see.
+        fused = {str(i) for i, m in enumerate(self.fused_sources) if m in self.task_sources[task]}
         names = []
         for name, _ in self.named_parameters():
             parts = name.split(".")
-            adapter = parts[0] == "levels" and parts[2] == "adapters" and parts[3] in sources
+            adapter = parts[0] == "levels" and parts[2] == "adapters" and parts[3] in fused
             head = parts[0] == "heads" and parts[1] in sources
             if adapter or head or parts[:2] == ["mixtures", task]:
                 names.append(name)

@@ -8,6 +8,14 @@ The steps, each in its own module:
 4. lower blocks and heads to torch                    (akfc.lower)
 5. build and train the AKF fusion model               (akfc.fusion, akfc.train)
 6. recompile into one ONNX graph, verify, write       (akfc.recompile)
+
+Sources from other exporters need three allowances here. A skl2onnx binary
+classifier ends in Concat(1 - Sigmoid(z), Sigmoid(z)); its head is cut at z,
+which becomes its logit. A classifier whose probabilities come from an
+ai.onnx.ml op (a tree ensemble) has no logit; its probabilities join the
+mixture as they are. A source without an interior frontier (a tree ensemble
+again) is *head-only*: it runs whole in onnxruntime with the stems, and only
+its task's mixture reads its output.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +73,13 @@ class _Source:
     sha256: str
     normalized: NormalizedSource
     decomposition: Decomposition
-    components: list[onnx.ModelProto]  # stem, block 1..L, head (the head ends at head_output)
+    components: list[onnx.ModelProto]  # stem, block 1..L, head (the head ends at head_output); only the stem when head-only
     head_output: str
     output_mode: str  # "logit", "probability" or "value": the content of head_output
+    kind: str  # the task kind this source implies (or the spec's)
+    head_only: bool  # no interior frontier: the stem is the whole source and ends at head_output
+    stem_outputs: list[str]  # tensors the stem produces, cached per split
+    graph_output: str  # the source file's own graph output that contains the task's prediction
 
 
 @dataclass
@@ -157,7 +169,7 @@ def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
                 for task, kind in kinds.items()
             },
             sources=[
-                SourceRecord(s.spec.name, s.spec.task, Path(s.spec.path).name, s.sha256, s.normalized.output[len(s.spec.name) + 1 :], _bindings(s))
+                SourceRecord(s.spec.name, s.spec.task, Path(s.spec.path).name, s.sha256, s.graph_output, _bindings(s))
                 for s in sources
             ],
             levels=spec.levels,
@@ -209,6 +221,11 @@ def plan(spec: CompileSpec, workdir: str | os.PathLike[str]) -> CompilePlan:
     components = [_lower_source(source, spec) for source in sources]
 
     # 5. the fused model; it must start equal to the sources
+    if all(source.head_only for source in sources):
+        raise ModelError(
+            "every source is head-only (none has a frontier inside it, e.g. only tree ensembles), so there is nothing to fuse; "
+            "add a source with layers, such as a neural network"
+        )
     torch.manual_seed(spec.seed)
     model = FusedModel(components, kinds, FusionConfig(width=spec.width, heads=spec.heads, dropout=spec.dropout))
     _check_initial_equality(model, sources, kinds, tables["valid"], sets["valid"])
@@ -255,34 +272,132 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
     # opset 18 leaves opset-18 attributes behind (noop_with_empty_axes on ReduceLogSumExp, torch 2.13).
     opset = max(target_opset(loaded), FUSED_MIN_OPSET)
     logger.info("common opset %d", opset)
-    unified = [convert_opset(model, opset, origin=str(source.path)) for model, source in zip(loaded, spec.sources)]
+    unified = [_complete_ml_shapes(convert_opset(model, opset, origin=str(source.path))) for model, source in zip(loaded, spec.sources)]
 
     prepared = []
     for source, model, digest in zip(spec.sources, unified, hashes):
         origin = str(source.path)
         normalized = normalize(model, source.name, output=source.output, kind=spec.tasks[source.task].kind, origin=origin)
+        # Constant folding drops value_info, so the shapes ONNX cannot infer are added again.
+        normalized = replace(normalized, model=_complete_ml_shapes(normalized.model))
         frontiers = {i: names for i, names in enumerate(source.boundaries)} if source.boundaries else None
         decomposition = decompose(normalized.model, levels=spec.levels, frontiers=frontiers)
-        components = [extract_component(normalized.model, decomposition, c) for c in decomposition.components]
-        head_output, mode = _head_output(normalized)
-        components[-1] = prune(components[-1], [head_output], origin=origin)
+        head_output, mode, kind = _task_output(normalized, spec.tasks[source.task].kind)
+        head_only = all(component.identity for component in decomposition.components[:-1])
+        if head_only:
+            logger.info("%s: no interior frontier; it joins task %s as a head-only source", origin, source.task)
+            components = [prune(normalized.model, [head_output], origin=origin)]
+            stem_outputs = [head_output]
+        else:
+            components = [extract_component(normalized.model, decomposition, c) for c in decomposition.components]
+            components[-1] = prune(components[-1], [head_output], origin=origin)
+            stem_outputs = [t.name for t in decomposition.stem.outputs]
         logger.info("%s: %r", origin, decomposition)
-        prepared.append(_Source(source, digest, normalized, decomposition, components, head_output, mode))
+        graph_output = _graph_output(model, normalized.output[len(source.name) + 1 :])
+        prepared.append(_Source(source, digest, normalized, decomposition, components, head_output, mode, kind, head_only, stem_outputs, graph_output))
     return prepared
 
 
-def _head_output(normalized: NormalizedSource) -> tuple[str, str]:
+# ai.onnx.ml ops whose output has their input's shape but which ONNX shape inference leaves unshaped.
+_SHAPE_KEEPING_ML_OPS = frozenset({"Scaler", "Normalizer", "Imputer", "Binarizer"})
+# ai.onnx.ml ops whose second output holds class probabilities.
+_ML_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier"})
+
+
+def _complete_ml_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy with value_info for the outputs of shape-keeping ai.onnx.ml ops, which ONNX shape inference skips.
+
+    Without them every tensor after a skl2onnx StandardScaler has unknown
+    rank, and neither pruning nor frontier widths can work there.
+    """
+    # NOTE: this belongs in the passes (at load, and kept by fold_constants); it sits here until they do it.
+    completed = onnx.ModelProto()
+    completed.CopyFrom(model)
+    while True:
+        inferred = onnx.shape_inference.infer_shapes(completed)
+        graph = inferred.graph
+        shaped = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
+        added = []
+        for node in completed.graph.node:
+            if node.domain == "ai.onnx.ml" and node.op_type in _SHAPE_KEEPING_ML_OPS and node.output[0] not in shaped and node.input[0] in shaped:
+                value = onnx.ValueInfoProto()
+                value.CopyFrom(shaped[node.input[0]])
+                value.name = node.output[0]
+                value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT  # these ops always output float
+                added.append(value)
+        if not added:
+            return completed
+        completed.graph.value_info.extend(added)
+
+
+def _is_constant_one(model: onnx.ModelProto, name: str) -> bool:
+    tensor = next((t for t in model.graph.initializer if t.name == name), None)
+    return tensor is not None and bool(np.all(onnx.numpy_helper.to_array(tensor) == 1))
+
+
+def _sigmoid_pair_logit(model: onnx.ModelProto, output: str) -> str | None:
+    """Return z when `output` is Concat(1 - Sigmoid(z), Sigmoid(z)) on the last axis (skl2onnx's binary MLP), else None."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    concat = producer.get(output)
+    if concat is None or concat.op_type != "Concat" or len(concat.input) != 2:
+        return None
+    if next((a.i for a in concat.attribute if a.name == "axis"), None) not in (1, -1):
+        return None
+    negative, positive = producer.get(concat.input[0]), producer.get(concat.input[1])
+    if positive is None or positive.op_type != "Sigmoid" or negative is None or negative.op_type != "Sub":
+        return None
+    if negative.input[1] != concat.input[1] or not _is_constant_one(model, negative.input[0]):
+        return None
+    return positive.input[0]
+
+
+def _classifier_classes(model: onnx.ModelProto, output: str) -> int | None:
+    """Return the class count when `output` is an ai.onnx.ml classifier's probabilities, passed through Cast or a product with one."""
+    producer = {name: node for node in model.graph.node for name in node.output}
+    tensor = output
+    while (node := producer.get(tensor)) is not None:
+        if node.domain == "ai.onnx.ml" and node.op_type in _ML_CLASSIFIERS and len(node.output) > 1 and node.output[1] == tensor:
+            labels = [len(a.ints) or len(a.strings) for a in node.attribute if a.name.startswith("classlabels")]
+            return max(labels, default=0) or None
+        if node.op_type in ("Identity", "Cast") or (node.op_type in ("Mul", "Div") and _is_constant_one(model, node.input[1])):
+            tensor = node.input[0]
+            continue
+        return None
+    return None
+
+
+def _task_output(normalized: NormalizedSource, kind: str | None) -> tuple[str, str, str]:
+    """Return the tensor the source's head ends at, what it holds ("logit", "probability" or "value") and the task kind."""
+    # NOTE: expose_logit leaves both cases below as regression with the output as its own logit; they are recognised
+    # here until that pass knows them.
+    logit = _sigmoid_pair_logit(normalized.model, normalized.output)
+    if logit is not None:
+        return logit, "logit", kind or "binary"
+    classes = _classifier_classes(normalized.model, normalized.output)
+    if classes is not None:
+        return normalized.output, "probability", kind or ("binary" if classes == 2 else "multiclass")
     if normalized.kind == "regression":
-        return normalized.output, "value"
+        return normalized.output, "value", normalized.kind
     if normalized.logit is None:
-        return normalized.output, "probability"
-    return normalized.logit, "logit"
+        return normalized.output, "probability", normalized.kind
+    return normalized.logit, "logit", normalized.kind
+
+
+def _graph_output(model: onnx.ModelProto, tensor: str) -> str:
+    """Name the model's graph output that holds `tensor`: itself, or the ZipMap that reads it."""
+    outputs = {value.name for value in model.graph.output}
+    if tensor in outputs:
+        return tensor
+    for node in model.graph.node:
+        if node.op_type == "ZipMap" and node.input[0] == tensor and node.output[0] in outputs:
+            return node.output[0]
+    return tensor
 
 
 def _task_kinds(spec: CompileSpec, sources: list[_Source]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for task in spec.tasks:
-        found = {s.spec.name: s.normalized.kind for s in sources if s.spec.task == task}
+        found = {s.spec.name: s.kind for s in sources if s.spec.task == task}
         if len(set(found.values())) > 1:
             listing = ", ".join(f"{name}: {kind}" for name, kind in found.items())
             raise SpecError(f"the sources of task {task!r} disagree on its kind ({listing}); set kind in [task.{task}]")
@@ -297,17 +412,22 @@ def _bindings(source: _Source) -> dict[str, str | list[str]]:
 
 
 def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[FusedInput]:
-    """Decide the fused graph's inputs: one [batch] tensor per bound column, of the narrowest integer type or else the first reader's type."""
+    """Decide the fused graph's inputs: one [batch] tensor per bound column.
+
+    A column read whole by some source takes that reader's type (the
+    narrowest integer type when readers differ, since widening is lossless);
+    a column only packed into [batch, F] inputs takes the packed input's type.
+    Packed readers get a Cast inside the graph.
+    """
     chosen: dict[str, FusedInput] = {}
-    readers: dict[str, str] = {}
+    packed: dict[str, FusedInput] = {}
     for source in sources:
         for signature in input_signatures(source.components[0]):
             original = source.normalized.input_names[signature.name]
             binding = source.spec.inputs.get(original, original)
             if isinstance(binding, list):
                 for column in binding:
-                    chosen.setdefault(column, FusedInput(column, signature.dtype, (signature.shape[0],)))
-                    readers.setdefault(column, source.spec.name)
+                    packed.setdefault(column, FusedInput(column, signature.dtype, (signature.shape[0],)))
                 continue
             if binding not in table.column_names:
                 raise DataError(
@@ -317,12 +437,12 @@ def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[Fu
             if binding in chosen:
                 first = chosen[binding]
                 if first.dtype != signature.dtype and signature.dtype.kind == "i" and first.dtype.kind == "i" and first.dtype.itemsize > signature.dtype.itemsize:
-                    # The narrower integer type feeds both: widening it for the other source is lossless.
                     chosen[binding] = FusedInput(binding, signature.dtype, first.shape)
                 continue
             # One value per row: a source that reads [batch, 1] gets it through an Unsqueeze.
             chosen[binding] = FusedInput(binding, signature.dtype, (signature.shape[0],))
-            readers[binding] = source.spec.name
+    for column, fused in packed.items():
+        chosen.setdefault(column, fused)
     return list(chosen.values())
 
 
@@ -337,12 +457,12 @@ def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: Compil
         for signature in input_signatures(stem):
             original = source.normalized.input_names[signature.name]
             feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
-        if train_stems:
+        if train_stems and not source.head_only:
             # A trained stem runs in torch on every step, so the cache contains its raw inputs.
             frontiers.append(tuple(torch.from_numpy(np.array(feeds[s.name])) for s in input_signatures(stem)))
             continue
         session = make_session(stem, spec.device if spec.device != "auto" else "auto")
-        names = [t.name for t in source.decomposition.stem.outputs]
+        names = source.stem_outputs
         out = run_batched(session, feeds, names, memory_budget_bytes=budget, cache_dir=workdir)
         frontiers.append(tuple(torch.from_numpy(np.ascontiguousarray(out[name])) for name in names))
     labels = {}
@@ -360,12 +480,23 @@ def _source_classes(sources: list[_Source], task: str) -> int:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float": torch.float32, "double": torch.float64, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}.get(name, torch.float32)
+    return {"float": torch.float32, "float32": torch.float32, "double": torch.float64, "float64": torch.float64, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}.get(name, torch.float32)
 
 
 def _lower_source(source: _Source, spec: CompileSpec) -> SourceComponents:
     """Lower a source's blocks and head (and its stem when stems are trained); identity blocks stay identities."""
     name = source.spec.name
+    if source.head_only:
+        if spec.train_components:
+            logger.info("source %s is head-only; --train %s leaves it frozen", name, ",".join(spec.train_components))
+        output = next(value for value in source.components[0].graph.output if value.name == source.head_output)
+        dims = tuple(d.dim_value for d in output.type.tensor_type.shape.dim[1:])
+        frontier = [(dims, _dtype(onnx.helper.tensor_dtype_to_np_dtype(output.type.tensor_type.elem_type).name))]
+        levels = len(source.decomposition.blocks)
+        return SourceComponents(
+            name, source.spec.task, [IdentityBlock() for _ in range(levels)], IdentityBlock(), [frontier] * (levels + 1),
+            output=source.output_mode, classes=dims[-1] if dims else 1, head_only=True,
+        )  # fmt: skip
     blocks = []
     for component, model in zip(source.decomposition.blocks, source.components[1:-1]):
         blocks.append(IdentityBlock() if component.identity else lower(model, source=f"{name} {component.name}"))
@@ -407,6 +538,8 @@ def _source_predictions(sources: list[_Source], table: pa.Table, file: str, kind
             original = source.normalized.input_names[signature.name]
             feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
         out = run_batched(make_session(model, "cpu"), feeds, [source.normalized.output])[source.normalized.output]
+        if kinds[source.spec.task] == "binary" and out.ndim == 2 and out.shape[1] == 2:
+            out = out[:, 1:]  # [P(0), P(1)] columns of a classifier
         per_task.setdefault(source.spec.task, []).append(out)
     return per_task
 
@@ -435,7 +568,7 @@ def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[Fus
                 name=source.spec.name,
                 task=source.spec.task,
                 model=source.normalized.model,
-                components=[list(c.nodes) for c in decomposition.components],
+                components=_layout_components(source),
                 frontiers=[list(f.names) for f in decomposition.frontiers],
                 head_output=source.head_output,
                 inputs={name: source.spec.inputs.get(original, original) for name, original in source.normalized.input_names.items()},
@@ -453,7 +586,9 @@ def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[Fus
         for k, level in enumerate(model.levels):
             frontiers = [tuple(model.blocks[m][k](*f)) for m, f in enumerate(frontiers)]
             examples.append(frontiers)
-            frontiers, _, _ = level(frontiers)
+            fed_back, _, _ = level([frontiers[m] for m in model.fused_sources])
+            for m, frontier in zip(model.fused_sources, fed_back):
+                frontiers[m] = frontier
         examples.append(frontiers)
     opset = max(int(o.version) for s in sources for o in s.normalized.model.opset_import if o.domain in ("", "ai.onnx"))
     ir_version = max(s.normalized.model.ir_version for s in sources)
@@ -461,6 +596,13 @@ def _recompile(model: FusedModel, sources: list[_Source], fused_inputs: list[Fus
     onnx.checker.check_model(fused, full_check=True)
     onnx.shape_inference.infer_shapes(fused, check_type=True, strict_mode=True, data_prop=True)
     return fused
+
+
+def _layout_components(source: _Source) -> list[list[str]]:
+    """Node names per component; a head-only source is all stem, with empty blocks and head."""
+    if source.head_only:
+        return [[node.name for node in source.components[0].graph.node], *([] for _ in source.decomposition.components[1:])]
+    return [list(c.nodes) for c in source.decomposition.components]
 
 
 def _fused_feeds(fused: onnx.ModelProto, table: pa.Table, file: str) -> dict[str, np.ndarray]:
@@ -543,7 +685,7 @@ def _fusion_summary(model: FusedModel, sources: list[_Source], valid_set: Traini
     for k in range(levels):
         gates = {}
         for t, task in enumerate(model.task_names):
-            names = [model.source_names[m] for m in model.task_sources[task]]
+            names = [model.source_names[m] for m in model.fused_sources if m in model.task_sources[task]]
             gates[task] = {name: float(w) for name, w in zip(names, gate_sums[k][t] / rows)}
         attention = attention_sums[k] / rows
         summary.append({

@@ -12,6 +12,10 @@ torch and spliced in with onnx-graphsurgeon:
    of a later component that read a frontier tensor reads the fed-back one;
 3. the mixture graph reads the heads' outputs and writes one output per task.
 
+A head-only source (no interior frontier) is one component that ends at its
+task output. No level reads or changes it, so only the mixture reads its output.
+String columns (raw categoricals) are graph inputs of type string like any other.
+
 Node names carry a namespace path (`<source>/<component>/<node>`,
 `akf/level<k>/<node>`, `akf/mixture/<node>`), so viewers that group nodes by
 namespace show the structure.
@@ -212,7 +216,9 @@ def _feed(graph: gs.Graph, source: str, target: gs.Variable, binding: str | list
     rank = len(target.shape)
     prefix = f"{source}/bind/{target.name[len(source) + 1 :]}"
     if isinstance(binding, list):
-        parts = [_cast(graph, columns[c], dtype, f"{prefix}/{c}", source, target.name) for c in binding]
+        # A packed input gathers columns of mixed types (ids beside floats) on purpose; the values were
+        # converted the same way when the data was bound for training, and the parity check compares both.
+        parts = [_cast(graph, columns[c], dtype, f"{prefix}/{c}", source, target.name, packed=True) for c in binding]
         parts = [_reshape_rank(graph, p, 2, f"{prefix}/{c}") for p, c in zip(parts, binding)]
         out = gs.Variable(f"{prefix}/packed", dtype=dtype, shape=[target.shape[0], len(binding)])
         graph.nodes.append(gs.Node("Concat", f"{prefix}/Concat", {"axis": 1}, parts, [out]))
@@ -222,11 +228,12 @@ def _feed(graph: gs.Graph, source: str, target: gs.Variable, binding: str | list
     return _reshape_rank(graph, fed, rank, prefix)
 
 
-def _cast(graph: gs.Graph, column: gs.Variable, dtype: np.dtype, prefix: str, source: str, input_name: str) -> gs.Variable:
+def _cast(graph: gs.Graph, column: gs.Variable, dtype: np.dtype, prefix: str, source: str, input_name: str, *, packed: bool = False) -> gs.Variable:
     have = np.dtype(column.dtype)
     if have == dtype:
         return column
-    if dtype not in _WIDENS_TO.get(have, set()):
+    numeric = have.kind in "biuf" and dtype.kind in "biuf"
+    if not (packed and numeric) and dtype not in _WIDENS_TO.get(have, set()):
         raise ModelError(
             f"source {source!r}: graph input {input_name!r} needs {dtype} but column {column.name!r} is fed as {have}, "
             "and that cast can lose values; make the sources agree on the input type"
@@ -327,7 +334,8 @@ def recompile(
     # 1. one AKF graph per level, spliced between the blocks
     for k, level in enumerate(model.levels, start=1):
         reads, writes, example = [], [], []
-        for m, layout in enumerate(layouts):
+        for m in model.fused_sources:
+            layout = layouts[m]
             floats = _float_frontier(layout.model, layout.frontiers[k])
             for name in floats:
                 reads.append(current[m][name])
@@ -338,8 +346,8 @@ def recompile(
         piece = export_module(_LevelGraph(level), example, names, [f"out{i}" for i in range(len(reads))], opset)
         outputs = _splice(graph, piece, f"akf/level{k}", reads, writes)
         i = 0
-        for m, layout in enumerate(layouts):
-            for name in _float_frontier(layout.model, layout.frontiers[k]):
+        for m in model.fused_sources:
+            for name in _float_frontier(layouts[m].model, layouts[m].frontiers[k]):
                 current[m][name] = outputs[i]
                 i += 1
 

@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 from akfc.errors import ModelError
 from akfc.passes._checks import check_emitted
 from akfc.passes.dataflow import node_input_names
+from akfc.passes.output_rank import add_class_axis
 
 __all__ = [
     "KINDS",
@@ -121,6 +122,10 @@ def normalize(
     # 6. terminal activation and logit
     work, logit, activation = expose_logit(work, task_output)
     inferred_kind = infer_kind(work, task_output, activation)
+
+    # 6b. the fusion mixes [batch, C] outputs; a squeezed [batch] output and its logit get the class axis back
+    work, renamed = add_class_axis(work, [task_output] if logit is None else [task_output, logit])
+    task_output, logit = renamed[task_output], renamed[logit] if logit is not None else None
     if kind is not None and kind != inferred_kind:
         logger.info("%s: task kind %s given, overriding the inferred %s", origin, kind, inferred_kind)
 

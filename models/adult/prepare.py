@@ -20,6 +20,12 @@ Encoding:
     adult.data (without "?"); "?" and values never seen in adult.data get 0.
     Numeric columns become float32; the capital columns go through log1p; all
     are standardised with the mean and standard deviation of the train split.
+    Every categorical feature also keeps its text, stripped of surrounding
+    spaces, in a string column named ``<name>_raw`` (RAW_SUFFIX), after the
+    labels: ``workclass`` contains ids, ``workclass_raw`` the strings, and "?"
+    stays "?". Sources that encode strings themselves (a scikit-learn
+    OneHotEncoder converted with skl2onnx) read those; schema.json maps each
+    categorical feature to its raw column under "raw".
     Train and valid come from one seeded permutation of adult.data (80 / 20);
     adult.test, in file order, is the test split.
 """
@@ -44,6 +50,7 @@ __all__ = [
     "CONFIGS",
     "DATA_DIR",
     "NUMERIC",
+    "RAW_SUFFIX",
     "SPLITS",
     "load_schema",
     "load_split",
@@ -54,6 +61,7 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "adult"
 SPLITS = ("train", "valid", "test")
 CATEGORICAL = ("workclass", "education", "occupation", "relationship", "race", "sex", "native-country")
 NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
+RAW_SUFFIX = "_raw"
 _LOG1P = ("capital-gain", "capital-loss")
 _UNKNOWN = "?"
 _SPLIT_SEED = 2024
@@ -178,6 +186,8 @@ def prepare(out_dir: str | os.PathLike[str], config: str = "adult", data_dir: st
                 mean, std = statistics[name]
                 columns[name] = ((numeric(name, source) - mean) / std).astype(np.float32)
         columns.update(labels(source))
+        for name in vocabularies:
+            columns[name + RAW_SUFFIX] = raw[source][name].astype(str)
         if rows[split] is not None:
             columns = {name: values[rows[split]] for name, values in columns.items()}
         table = pa.table(columns)
@@ -201,6 +211,7 @@ def prepare(out_dir: str | os.PathLike[str], config: str = "adult", data_dir: st
             for name in features
             if name in statistics
         },
+        "raw": {name: name + RAW_SUFFIX for name in vocabularies},
         "tasks": tasks,
         "rows": row_counts,
         "source": "UCI Adult (Becker & Kohavi, 1996), CC BY 4.0",

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.csv as pa_csv
 import pytest
 
-from models.adult.prepare import CATEGORICAL, DATA_DIR, SPLITS, load_schema, load_split, prepare
+from models.adult.prepare import CATEGORICAL, DATA_DIR, RAW_SUFFIX, SPLITS, load_schema, load_split, prepare
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,38 @@ def test_columns_and_dtypes(adult):
         "age", "workclass", "fnlwgt", "education", "education-num", "occupation", "relationship",
         "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
     ]
-    assert sorted(train) == sorted(schema["features"] + ["income", "marital"])
+    raw = [name + RAW_SUFFIX for name in schema["features"] if name in CATEGORICAL]
+    assert list(train) == schema["features"] + ["income", "marital"] + raw
+    assert schema["raw"] == {name: name + RAW_SUFFIX for name in schema["features"] if name in CATEGORICAL}
     for name in schema["features"]:
         expected = np.int64 if name in CATEGORICAL else np.float32
         assert train[name].dtype == expected, name
     assert train["income"].dtype == np.int64
     assert set(np.unique(train["income"])) == {0, 1}
+    for column in raw:
+        assert train[column].dtype == object and isinstance(train[column][0], str), column
+
+
+def test_raw_columns_match_ids(adult):
+    schema = load_schema(adult)
+    for split in SPLITS:
+        table = load_split(adult, split)
+        for name, column in schema["raw"].items():
+            vocabulary = ["?", *schema["categorical"][name]["values"]]
+            known = np.isin(table[column], vocabulary)
+            decoded = np.array(vocabulary, dtype=object)[table[name]]
+            # Text never seen in adult.data (only in adult.test) has id 0 like "?".
+            assert (decoded[known] == table[column][known]).all(), (split, name)
+            assert (table[name][~known] == 0).all(), (split, name)
+
+
+def test_raw_unknown_stays_question_mark(adult):
+    raw = pa_csv.read_csv(DATA_DIR / "adult.test.csv.gz")
+    occupation = np.array([v.strip() for v in raw.column("occupation").to_pylist()])
+    test = load_split(adult, "test")
+    assert (test["occupation_raw"] == occupation).all()
+    assert (test["occupation_raw"] == "?").sum() == 966
+    assert test["workclass_raw"][0] == "Private"
 
 
 def test_no_nan_and_ids_inside_vocab(adult):
@@ -112,6 +138,7 @@ def test_adult4_tasks_and_features(adult4):
     }
     assert "hours-per-week" not in schema["features"]
     assert "relationship" not in schema["features"]
+    assert "relationship_raw" not in load_split(adult4, "train")
     assert len(schema["tasks"]["relationship"]["classes"]) == 6
     train = load_split(adult4, "train")
     assert train["hours"].dtype == np.float32
