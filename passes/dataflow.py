@@ -32,6 +32,7 @@ import onnxruntime as ort
 from akfc.passes.flops import node_flops
 
 __all__ = [
+    "unique_name",
     "CONSTANT",
     "DATA",
     "INPUT",
@@ -406,3 +407,13 @@ def analyze(model: onnx.ModelProto) -> Dataflow:
         batch_dim=batch_dim,
         live=live,
     )
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """Return `name`, or `name_1`, `name_2`, ... if taken; the result is added to `taken`."""
+    candidate, counter = name, 1
+    while candidate in taken:
+        candidate = f"{name}_{counter}"
+        counter += 1
+    taken.add(candidate)
+    return candidate

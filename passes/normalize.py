@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from akfc.errors import ModelError
 from akfc.passes._checks import check_emitted
-from akfc.passes.dataflow import node_input_names
+from akfc.passes.dataflow import node_input_names, unique_name
 from akfc.passes.output_rank import add_class_axis
 
 __all__ = [
@@ -423,8 +423,8 @@ def expose_logit(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelProto, 
         copy = onnx.NodeProto()
         copy.CopyFrom(step)
         copy.input[0] = logit
-        copy.output[0] = _unique(f"{step.output[0]}_logit", tensor_names)
-        copy.name = _unique(f"{step.name or step.op_type}_logit", node_names)
+        copy.output[0] = unique_name(f"{step.output[0]}_logit", tensor_names)
+        copy.name = unique_name(f"{step.name or step.op_type}_logit", node_names)
         del copy.output[1:]
         graph.node.append(copy)
         logit = copy.output[0]
@@ -435,13 +435,6 @@ def expose_logit(model: onnx.ModelProto, output: str) -> tuple[onnx.ModelProto, 
     return result, logit, activation
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, counter = name, 1
-    while candidate in taken:
-        candidate = f"{name}_{counter}"
-        counter += 1
-    taken.add(candidate)
-    return candidate
 
 
 def _inferred_value_info(model: onnx.ModelProto, tensor: str) -> onnx.ValueInfoProto:
@@ -472,7 +465,7 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     taken: set[str] = set()
     for index, node in enumerate(result.graph.node):
         base = node.name or f"{node.op_type}_{index}"
-        node.name = _unique(base, taken)
+        node.name = unique_name(base, taken)
     check_emitted(result, "name_nodes")
     return result
 

@@ -15,6 +15,7 @@ import onnx.numpy_helper
 
 from akfc.errors import ModelError
 from akfc.passes._checks import check_emitted
+from akfc.passes.dataflow import unique_name
 
 __all__ = ["add_class_axis"]
 
@@ -46,11 +47,11 @@ def add_class_axis(model: onnx.ModelProto, outputs: Sequence[str]) -> tuple[onnx
         return result, renamed
 
     taken = {name for node in graph.node for name in node.output} | {i.name for i in graph.initializer} | {i.name for i in graph.input}
-    axes = _fresh("class_axis", taken)
+    axes = unique_name("class_axis", taken)
     graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), axes))
     for name in flat:
-        column = _fresh(f"{name}_column", taken)
-        graph.node.append(onnx.helper.make_node("Unsqueeze", [name, axes], [column], name=_fresh(f"{name}_Unsqueeze", taken)))
+        column = unique_name(f"{name}_column", taken)
+        graph.node.append(onnx.helper.make_node("Unsqueeze", [name, axes], [column], name=unique_name(f"{name}_Unsqueeze", taken)))
         position = next(i for i, value in enumerate(graph.output) if value.name == name)
         value = graph.output[position]
         elem_type = value.type.tensor_type.elem_type
@@ -60,12 +61,3 @@ def add_class_axis(model: onnx.ModelProto, outputs: Sequence[str]) -> tuple[onnx
         renamed[name] = column
     logger.info("added a class axis to %d [batch] output(s): %s", len(flat), ", ".join(flat))
     return check_emitted(result, "add_class_axis"), renamed
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, counter = name, 1
-    while candidate in taken:
-        candidate = f"{name}_{counter}"
-        counter += 1
-    taken.add(candidate)
-    return candidate
