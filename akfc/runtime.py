@@ -94,12 +94,21 @@ def run_batched(
         batch = {name: values[start : start + batch_size] for name, values in feeds.items()}
         outputs = session.run(names, batch)
         for name, value in zip(names, outputs):
+            value = _as_array(value)
             if name not in results:
                 results[name] = _allocate(name, (n, *value.shape[1:]), value.dtype, n, memory_budget_bytes, cache_dir, len(names))
             results[name][start : start + len(value)] = value
         if progress is not None:
             progress(min(start + batch_size, n), n)
     return results
+
+
+def _as_array(value: object) -> np.ndarray:
+    """Return an output as an array; a ZipMap's sequence of {class: probability} maps becomes (N, classes) by sorted class."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        classes = sorted(value[0])
+        return np.array([[row[c] for c in classes] for row in value], dtype=np.float32)
+    return np.asarray(value)
 
 
 def _allocate(

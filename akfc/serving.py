@@ -153,10 +153,7 @@ def predict(
 
 def _source_prediction(kind: str, values: Any) -> np.ndarray:
     """Turn a source output into the form metrics take: P(class 1) for binary, (N, C) for multiclass."""
-    if isinstance(values, list):  # ZipMap output: a list of {class: probability} dicts
-        classes = sorted(values[0])
-        values = np.array([[row[c] for c in classes] for row in values], dtype=np.float32)
-    values = np.asarray(values)
+    values = np.asarray(values)  # run_batched already turned a ZipMap's maps into (N, C)
     if kind == "binary" and values.ndim == 2 and values.shape[1] == 2:
         return values[:, 1]
     return values

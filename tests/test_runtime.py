@@ -49,3 +49,10 @@ def test_batched_run_memory_maps_over_budget(tmp_path):
     assert isinstance(out["y"], np.memmap)
     np.testing.assert_array_equal(out["y"], x * 2)
     assert len(list(tmp_path.glob("stem-*.npy"))) == 1
+
+
+def test_zipmap_output_becomes_array():
+    from akfc.runtime import _as_array
+
+    rows = [{0: 0.25, 1: 0.75}, {1: 0.5, 0: 0.5}]
+    np.testing.assert_array_equal(_as_array(rows), np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32))

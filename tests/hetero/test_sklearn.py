@@ -83,3 +83,20 @@ def test_sklearn_compile(sklearn_trees, adult_dir, tmp_path, fuse, frozen_bytes_
     assert set(income["sources"]) == {"income_sklearn", "income_sklearn_tensor"}
     assert 0.85 < income["fused"]["auc"] < 1
     assert np.isfinite(result.training.best_score)
+
+
+def test_eval_with_zipmap_source(sklearn_trees, adult_dir, tmp_path, fuse, capsys):
+    """`akfc eval` runs a source whose task output is skl2onnx's ZipMap (a sequence of maps)."""
+    import json
+
+    from akfc.cli import main
+
+    zipmap, tensor = sklearn_trees["sklearn_income"], sklearn_trees["sklearn_income_tensor"]
+    sources = [SourceSpec("income", zipmap.path, inputs=zipmap.inputs), SourceSpec("income", tensor.path, inputs=tensor.inputs)]
+    result = fuse(sources, tmp_path / "fused.onnx", epochs=0)
+    test_file = str(adult_dir / "test.parquet")
+    assert main(["eval", str(result.output), "--data", test_file, "--sources", str(zipmap.path), str(tensor.path), "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    income = report["tasks"]["income"]
+    assert set(income["sources"]) == {"income_sklearn", "income_sklearn_tensor"}
+    assert income["ensemble"]["auc"] == pytest.approx(income["fused"]["auc"], abs=1e-6)

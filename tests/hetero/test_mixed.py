@@ -1,4 +1,4 @@
-"""Mixed fusion on Adult, income half: a zoo DCN, a skl2onnx pipeline and a LightGBM model for income, a zoo MLP for marital."""
+"""Mixed fusion on Adult: a zoo DCN, a skl2onnx pipeline and a LightGBM model for income; a torch-rechub DeepFM and a packed-input MLP for marital."""
 
 from __future__ import annotations
 
@@ -12,23 +12,28 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def zoo(adult_dir, tmp_path_factory):
+def others(adult_dir, tmp_path_factory):
+    """The zoo DCN for income; the torch-rechub DeepFM and the packed-input MLP for marital."""
+    from models.external.packed import build_packed_mlp
+    from models.external.rechub_sources import build_rechub_source
     from models.zoo.tiny import build_tiny_zoo
 
-    folder = tmp_path_factory.mktemp("zoo")
-    income = build_tiny_zoo(adult_dir, folder, task="income", architectures=["dcn"], exporters=["legacy"])
-    marital = build_tiny_zoo(adult_dir, folder, task="marital", architectures=["mlp_deep"], exporters=["dynamo"])
-    return income["dcn", "legacy"], marital["mlp_deep", "dynamo"]
+    folder = tmp_path_factory.mktemp("mixed")
+    dcn = build_tiny_zoo(adult_dir, folder, task="income", architectures=["dcn"], exporters=["legacy"])["dcn", "legacy"]
+    deepfm = build_rechub_source(adult_dir, folder / "marital_rechub_deepfm.onnx", "deepfm")
+    packed = build_packed_mlp(adult_dir, folder / "marital_packed.onnx", task="marital")
+    return dcn, deepfm, packed
 
 
-def test_mixed_income(zoo, sklearn_trees, adult_dir, tmp_path, fuse, frozen_bytes_match):
-    dcn, mlp = zoo
+def test_mixed_fusion(others, sklearn_trees, adult_dir, tmp_path, fuse, frozen_bytes_match):
+    dcn, deepfm, packed = others
     sklearn, trees = sklearn_trees["sklearn_income"], sklearn_trees["lightgbm_income"]
     sources = [
         SourceSpec("income", dcn),
         SourceSpec("income", sklearn.path, inputs=sklearn.inputs),
         SourceSpec("income", trees.path, inputs=trees.inputs),
-        SourceSpec("marital", mlp),
+        SourceSpec("marital", deepfm.path),
+        SourceSpec("marital", packed.path, inputs=packed.inputs),
     ]
     # compile raises unless the untrained fused graph equals the sources' uniform mixture.
     result = fuse(sources, tmp_path / "fused.onnx", epochs=2, lr=1e-3, seed=0)
@@ -41,6 +46,7 @@ def test_mixed_income(zoo, sklearn_trees, adult_dir, tmp_path, fuse, frozen_byte
     assert inputs["workclass"] == onnx.TensorProto.INT64 and inputs["workclass_raw"] == onnx.TensorProto.STRING
     income = result.report["tasks"]["income"]
     assert set(income["sources"]) == {"income_dcn_legacy", "income_sklearn", "income_lightgbm"}
+    assert set(result.report["tasks"]["marital"]["sources"]) == {"marital_rechub_deepfm", "marital_packed"}
     lines = [f"{task} {name} test AUC {entry['auc']:.4f}" for task, block in result.report["tasks"].items()
              for name, entry in [*block["sources"].items(), ("fused", block["fused"])]]  # fmt: skip
     print("\n".join(lines))
