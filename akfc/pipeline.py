@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -272,14 +272,12 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
     # opset 18 leaves opset-18 attributes behind (noop_with_empty_axes on ReduceLogSumExp, torch 2.13).
     opset = max(target_opset(loaded), FUSED_MIN_OPSET)
     logger.info("common opset %d", opset)
-    unified = [_complete_ml_shapes(convert_opset(model, opset, origin=str(source.path))) for model, source in zip(loaded, spec.sources)]
+    unified = [convert_opset(model, opset, origin=str(source.path)) for model, source in zip(loaded, spec.sources)]
 
     prepared = []
     for source, model, digest in zip(spec.sources, unified, hashes):
         origin = str(source.path)
         normalized = normalize(model, source.name, output=source.output, kind=spec.tasks[source.task].kind, origin=origin)
-        # Constant folding drops value_info, so the shapes ONNX cannot infer are added again.
-        normalized = replace(normalized, model=_complete_ml_shapes(normalized.model))
         frontiers = {i: names for i, names in enumerate(source.boundaries)} if source.boundaries else None
         decomposition = decompose(normalized.model, levels=spec.levels, frontiers=frontiers)
         head_output, mode, kind = _task_output(normalized, spec.tasks[source.task].kind)
@@ -299,35 +297,8 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
 
 
 # ai.onnx.ml ops whose output has their input's shape but which ONNX shape inference leaves unshaped.
-_SHAPE_KEEPING_ML_OPS = frozenset({"Scaler", "Normalizer", "Imputer", "Binarizer"})
 # ai.onnx.ml ops whose second output holds class probabilities.
 _ML_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier"})
-
-
-def _complete_ml_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy with value_info for the outputs of shape-keeping ai.onnx.ml ops, which ONNX shape inference skips.
-
-    Without them every tensor after a skl2onnx StandardScaler has unknown
-    rank, and neither pruning nor frontier widths can work there.
-    """
-    # NOTE: this belongs in the passes (at load, and kept by fold_constants); it sits here until they do it.
-    completed = onnx.ModelProto()
-    completed.CopyFrom(model)
-    while True:
-        inferred = onnx.shape_inference.infer_shapes(completed)
-        graph = inferred.graph
-        shaped = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output] if v.type.tensor_type.HasField("shape")}
-        added = []
-        for node in completed.graph.node:
-            if node.domain == "ai.onnx.ml" and node.op_type in _SHAPE_KEEPING_ML_OPS and node.output[0] not in shaped and node.input[0] in shaped:
-                value = onnx.ValueInfoProto()
-                value.CopyFrom(shaped[node.input[0]])
-                value.name = node.output[0]
-                value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT  # these ops always output float
-                added.append(value)
-        if not added:
-            return completed
-        completed.graph.value_info.extend(added)
 
 
 def _is_constant_one(model: onnx.ModelProto, name: str) -> bool:

@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 from akfc.errors import ModelError
 from akfc.passes._checks import check_emitted
 from akfc.passes.dataflow import node_input_names, unique_name
+from akfc.passes.ml_shapes import complete_ml_shapes
 from akfc.passes.output_rank import add_class_axis
 
 __all__ = [
@@ -114,10 +115,13 @@ def normalize(
     original_inputs = [value.name for value in work.graph.input]
 
     # 2-5. task output, pruning, identities, constants
+    # skl2onnx's Scaler and friends get no shapes from ONNX inference, and pruning needs them; constant
+    # folding drops value_info, so they are added again after it.
+    work = complete_ml_shapes(work)
     task_output = resolve_output(work, output, origin=origin)
     work = prune(work, [task_output], origin=origin)
     work = remove_identities(work)
-    work = fold_constants(work)
+    work = complete_ml_shapes(fold_constants(work))
 
     # 6. terminal activation and logit
     work, logit, activation = expose_logit(work, task_output)
