@@ -296,8 +296,7 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
     return prepared
 
 
-# ai.onnx.ml ops whose output has their input's shape but which ONNX shape inference leaves unshaped.
-# ai.onnx.ml ops whose second output holds class probabilities.
+# ai.onnx.ml ops whose second output contains class probabilities.
 _ML_CLASSIFIERS = frozenset({"LinearClassifier", "SVMClassifier", "TreeEnsembleClassifier"})
 
 
@@ -338,7 +337,7 @@ def _classifier_classes(model: onnx.ModelProto, output: str) -> int | None:
 
 
 def _task_output(normalized: NormalizedSource, kind: str | None) -> tuple[str, str, str]:
-    """Return the tensor the source's head ends at, what it holds ("logit", "probability" or "value") and the task kind."""
+    """Return the tensor the source's head ends at, its content ("logit", "probability" or "value") and the task kind."""
     # NOTE: expose_logit leaves both cases below as regression with the output as its own logit; they are recognised
     # here until that pass knows them.
     logit = _sigmoid_pair_logit(normalized.model, normalized.output)
@@ -355,7 +354,7 @@ def _task_output(normalized: NormalizedSource, kind: str | None) -> tuple[str, s
 
 
 def _graph_output(model: onnx.ModelProto, tensor: str) -> str:
-    """Name the model's graph output that holds `tensor`: itself, or the ZipMap that reads it."""
+    """Name the model's graph output that contains `tensor`: itself, or the ZipMap that reads it."""
     outputs = {value.name for value in model.graph.output}
     if tensor in outputs:
         return tensor
