@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from akfc.errors import DataError
 
-__all__ = ["InputSignature", "bind_input", "check_same_columns", "read_table", "task_labels"]
+__all__ = ["InputSignature", "bind_input", "check_id_range", "check_same_columns", "read_table", "task_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +206,22 @@ def check_same_columns(tables: Mapping[str, pa.Table]) -> None:
         missing = sorted(set(first.column_names) - set(table.column_names))
         if missing:
             raise DataError(f"data file {file} lacks columns that {first_file} has: {', '.join(missing)}")
+
+
+def check_id_range(values: np.ndarray, limit: int, column: str | Sequence[str], input_name: str, file: str) -> None:
+    """Raise unless every id is in [0, limit), the rows of the embedding table that graph input `input_name` indexes.
+
+    Out-of-range ids must not reach onnxruntime: it rejects them on CPU, and
+    on CUDA it may return garbage for them without an error.
+    """
+    bad = (values < 0) | (values >= limit)
+    if not bad.any():
+        return
+    rows = bad.reshape(len(values), -1).any(axis=1)
+    first = int(np.flatnonzero(rows)[0])
+    value = values[first].reshape(-1)[bad[first].reshape(-1)][0].item()
+    raise DataError(
+        f"data file {file}: column {column!r} has ids outside 0..{limit - 1}, e.g. {value} at row {first} ({_rows(rows)}); "
+        f"graph input {input_name!r} indexes an embedding table of {limit} rows. Encode unseen values as the "
+        "unknown id the model was trained with (0 in akfc's Adult data) before fusing or serving"
+    )

@@ -36,13 +36,14 @@ import torch
 
 from akfc import __version__
 from akfc.atomic import write_atomic
-from akfc.data import InputSignature, bind_input, check_same_columns, read_table, task_labels
+from akfc.data import InputSignature, bind_input, check_id_range, check_same_columns, read_table, task_labels
 from akfc.errors import DataError, ModelError, SpecError
 from akfc.fusion import FusedModel, FusionConfig, IdentityBlock, SourceComponents
 from akfc.lower import lower, lowering_info
 from akfc.metrics import task_metrics
 from akfc.passes.decompose import Decomposition, decompose
 from akfc.passes.extract import extract_component
+from akfc.passes.id_ranges import embedding_limits
 from akfc.passes.load import load_model
 from akfc.passes.normalize import NormalizedSource, normalize, prune
 from akfc.passes.opset import convert_opset, target_opset
@@ -423,10 +424,14 @@ def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: Compil
     train_stems = "stems" in spec.train_components
     for source in sources:
         stem = source.components[0]
+        limits = embedding_limits(stem)
         feeds = {}
         for signature in input_signatures(stem):
             original = source.normalized.input_names[signature.name]
-            feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
+            column = source.spec.inputs.get(original, original)
+            feeds[signature.name] = bind_input(table, signature, column, file)
+            if signature.name in limits:
+                check_id_range(feeds[signature.name], limits[signature.name], column, original, f"{file} (source {source.spec.name!r})")
         if train_stems and not source.head_only:
             # A trained stem runs in torch on every step, so the cache contains its raw inputs.
             frontiers.append(tuple(torch.from_numpy(np.array(feeds[s.name])) for s in input_signatures(stem)))

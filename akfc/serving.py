@@ -34,9 +34,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from akfc.atomic import write_atomic
-from akfc.data import InputSignature, bind_input, task_labels
+from akfc.data import InputSignature, bind_input, check_id_range, task_labels
 from akfc.errors import ModelError
 from akfc.metrics import task_metrics
+from akfc.passes.id_ranges import embedding_limits
 from akfc.runtime import make_session, run_batched
 
 __all__ = [
@@ -132,8 +133,16 @@ def input_signatures(model: onnx.ModelProto) -> list[InputSignature]:
 
 
 def _feeds(model: onnx.ModelProto, table: pa.Table, file: str, bindings: Mapping[str, str | list[str]] | None = None) -> dict[str, np.ndarray]:
+    """Bind the table to the model's inputs, refusing ids outside an embedding table before onnxruntime sees them."""
     bindings = bindings or {}
-    return {sig.name: bind_input(table, sig, bindings.get(sig.name, sig.name), file) for sig in input_signatures(model)}
+    limits = embedding_limits(model)
+    feeds = {}
+    for sig in input_signatures(model):
+        column = bindings.get(sig.name, sig.name)
+        feeds[sig.name] = bind_input(table, sig, column, file)
+        if sig.name in limits:
+            check_id_range(feeds[sig.name], limits[sig.name], column, sig.name, file)
+    return feeds
 
 
 def predict(

@@ -16,7 +16,7 @@ import akfc.pipeline as compile_module
 from akfc.pipeline import compile, plan
 from akfc.cli import main
 from akfc.data import read_table
-from akfc.errors import ModelError, SpecError
+from akfc.errors import DataError, ModelError, SpecError
 from akfc.passes.load import load_model
 from akfc.passes.normalize import normalize
 from akfc.passes.opset import unify_opsets
@@ -260,3 +260,30 @@ def test_eval_and_run_commands(compiled, sources, adult_dir, tmp_path, capsys):
     predictions = read_table(out)
     assert predictions.column_names == ["income", "marital"]
     assert predictions.num_rows == 16_281
+
+
+def _with_bad_id(adult_dir, tmp_path, split: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = read_table(adult_dir / f"{split}.parquet")
+    ids = table.column("workclass").to_numpy().copy()
+    ids[3] = 99
+    bad = tmp_path / f"{split}_bad.parquet"
+    pq.write_table(table.set_column(table.column_names.index("workclass"), "workclass", pa.array(ids)), bad)
+    return bad
+
+
+def test_out_of_range_id_rejected_by_compile(sources, adult_dir, tmp_path):
+    spec = _spec(sources, adult_dir, tmp_path / "out" / "fused.onnx", epochs=0)
+    spec.valid = _with_bad_id(adult_dir, tmp_path, "valid")
+    with pytest.raises(DataError, match=r"column 'workclass' has ids outside 0..8, e.g. 99 at row 3 \(row 3\); graph input 'workclass'"):
+        compile(spec)
+    assert not (tmp_path / "out" / "fused.onnx").exists()
+
+
+def test_out_of_range_id_rejected_by_run(compiled, adult_dir, tmp_path, capsys):
+    bad = _with_bad_id(adult_dir, tmp_path, "test")
+    assert main(["run", str(compiled.output), "--data", str(bad), "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "column 'workclass' has ids outside 0..8, e.g. 99 at row 3" in capsys.readouterr().err
+    assert not (tmp_path / "p.parquet").exists()
