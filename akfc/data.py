@@ -113,7 +113,7 @@ def _convert(values: np.ndarray, dtype: np.dtype, column: str, file: str) -> np.
         if bad.any():
             raise DataError(
                 f"data file {file}: column {column!r} has {int(bad.sum())} NaN or infinite values ({_rows(bad)}); "
-                "clean them, or pass --fill to impute the train mean"
+                "clean or impute them before fusing or serving"
             )
     return converted
 

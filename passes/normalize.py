@@ -212,7 +212,7 @@ def resolve_output(model: onnx.ModelProto, output: str | None = None, *, origin:
             found = "none of them holds" if not scores else f"{len(scores)} of them hold"
             raise ModelError(
                 f"{origin}: the graph has {len(graph.output)} outputs ({listing}) and {found} floating-point scores; "
-                "name the task output (output=NAME, or --output NAME on the command line)"
+                "name the task output: output = NAME in the source's [[source]] table of a compile spec, or --output NAME for akfc inspect"
             )
         chosen = scores[0]
 
