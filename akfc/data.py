@@ -151,7 +151,7 @@ def bind_input(table: pa.Table, signature: InputSignature, columns: str | Sequen
         if signature.dtype.kind in "OUS" and columns in table.column_names and not _is_text(table.schema.field(columns).type):
             # Numbers turned into text would reach a string encoder as unknown categories, silently.
             raise DataError(
-                f"data file {file}: graph input {signature.name!r} reads text but column {columns!r} holds "
+                f"data file {file}: graph input {signature.name!r} reads text but column {columns!r} contains "
                 f"{table.schema.field(columns).type} values; bind the input to a text column with "
                 f"inputs = {{ {signature.name} = \"COLUMN\" }} in the spec"
             )

@@ -327,7 +327,7 @@ class FusedModel(nn.Module):
         return FusedOutput(outputs=outputs, head_outputs=per_task, gates=gates, attention=attention)
 
     def run_level(self, k: int, frontiers: list[Frontier]) -> tuple[list[Frontier], list[Tensor], Tensor]:
-        """Run every source's level-k block, then the level's fusion over the sources it sees."""
+        """Run every source's level-k block, then the level's fusion over the sources it fuses."""
         frontiers = [tuple(self.blocks[m][k](*frontier)) for m, frontier in enumerate(frontiers)]
         fed_back, gates, attention = self.levels[k]([frontiers[m] for m in self.fused_sources])
         for m, frontier in zip(self.fused_sources, fed_back):

@@ -340,7 +340,7 @@ def _classifier_classes(model: onnx.ModelProto, output: str) -> int | None:
 def _task_output(normalized: NormalizedSource, kind: str | None) -> tuple[str, str, str]:
     """Return the tensor the source's head ends at, its content ("logit", "probability" or "value") and the task kind."""
     # NOTE: expose_logit leaves both cases below as regression with the output as its own logit; they are recognised
-    # here until that pass knows them.
+    # here until that pass handles them.
     logit = _sigmoid_pair_logit(normalized.model, normalized.output)
     if logit is not None:
         return logit, "logit", kind or "binary"
@@ -385,9 +385,10 @@ def _bindings(source: _Source) -> dict[str, str | list[str]]:
 def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[FusedInput]:
     """Decide the fused graph's inputs: one [batch] tensor per bound column.
 
-    A column read whole by some source takes that reader's type (the
-    narrowest integer type when readers differ, since widening is lossless);
-    a column only packed into [batch, F] inputs takes the packed input's type.
+    A column read whole by some source takes that reader's type. When such
+    readers differ, the narrowest integer type wins, because widening it is
+    lossless. A column only packed into [batch, F] inputs takes the packed
+    input's type.
     Packed readers get a Cast inside the graph.
     """
     chosen: dict[str, FusedInput] = {}

@@ -133,7 +133,7 @@ def input_signatures(model: onnx.ModelProto) -> list[InputSignature]:
 
 
 def _feeds(model: onnx.ModelProto, table: pa.Table, file: str, bindings: Mapping[str, str | list[str]] | None = None) -> dict[str, np.ndarray]:
-    """Bind the table to the model's inputs, refusing ids outside an embedding table before onnxruntime sees them."""
+    """Bind the table to the model's inputs, refusing ids outside an embedding table before they reach onnxruntime."""
     bindings = bindings or {}
     limits = embedding_limits(model)
     feeds = {}

@@ -255,6 +255,18 @@ def _check_node_names(flow: Dataflow) -> None:
 Cut = frozenset[int]  # the data nodes computed before a frontier
 
 
+def _reachable(seeds: Iterable[int], edges: Mapping[int, Iterable[int]] | Sequence[Iterable[int]]) -> set[int]:
+    """Return the seeds and every node reachable from them along `edges` (node index -> neighbour indices)."""
+    found: set[int] = set()
+    stack = list(seeds)
+    while stack:
+        index = stack.pop()
+        if index not in found:
+            found.add(index)
+            stack.extend(edges[index])
+    return found
+
+
 class _Planner:
     """The dataflow graph of one model as seen by the min-cut search."""
 
@@ -332,24 +344,10 @@ class _Planner:
         return info is not None and info.batched and name not in self.interior
 
     def ancestors(self, seeds: Iterable[int]) -> set[int]:
-        found: set[int] = set()
-        stack = list(seeds)
-        while stack:
-            index = stack.pop()
-            if index not in found:
-                found.add(index)
-                stack.extend(self.preds[index])
-        return found
+        return _reachable(seeds, self.preds)
 
     def descendants(self, seeds: Iterable[int]) -> set[int]:
-        found: set[int] = set()
-        stack = list(seeds)
-        while stack:
-            index = stack.pop()
-            if index not in found:
-                found.add(index)
-                stack.extend(self.succs[index])
-        return found
+        return _reachable(seeds, self.succs)
 
     def heaviest_path(self, within: set[int]) -> list[int]:
         """Return the path of maximum FLOPs through the given nodes, in graph order."""

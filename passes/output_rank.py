@@ -35,7 +35,7 @@ def add_class_axis(model: onnx.ModelProto, outputs: Sequence[str]) -> tuple[onnx
 
     Nodes, initializers and graph inputs stay as they are; only Unsqueeze nodes
     and their axes initializer are added. Returns the model and, for every name
-    in `outputs`, the graph output that now holds it (the same name when its
+    in `outputs`, the graph output that now contains it (the same name when its
     rank was already 2 or more).
     """
     result = onnx.ModelProto()

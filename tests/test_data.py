@@ -19,7 +19,8 @@ def test_one_column_feeds_rank_1_and_rank_2():
     table = _table(age=[1.5, 2.5])
     flat = bind_input(table, InputSignature("age", np.dtype(np.float32), ("batch",)), "age", "t.csv")
     column = bind_input(table, InputSignature("age", np.dtype(np.float32), ("batch", 1)), "age", "t.csv")
-    assert flat.dtype == np.float32 and flat.shape == (2,)
+    assert flat.dtype == np.float32
+    assert flat.shape == (2,)
     assert column.shape == (2, 1)
 
 

@@ -35,7 +35,7 @@ _EMBEDDING_DIM = 4
 
 
 def packed_columns(schema: dict) -> list[str]:
-    """Return the feature columns in the order the packed input holds them: the schema's feature order."""
+    """Return the feature columns in the order of the packed input's columns: the schema's feature order."""
     return list(schema["features"])
 
 

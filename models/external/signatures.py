@@ -109,7 +109,7 @@ def rename_tf2onnx_style(source: BuiltSource, path: str | os.PathLike[str]) -> B
     """Rename a single-output source as tf2onnx names a Keras model's graph, with onnx-graphsurgeon; write it to `path`.
 
     Inputs become ``NAME:0``. The outputs become two Identity nodes' tensors:
-    ``Identity:0`` holds the logit (the Sigmoid's input) and ``Identity_1:0``
+    ``Identity:0`` is the logit (the Sigmoid's input) and ``Identity_1:0``
     the probability, so the task output must be named in the spec.
     Returns the file with the bindings ``{NAME:0: column}`` and ``output="Identity_1"``.
     """

@@ -238,7 +238,8 @@ def test_trained_heads_and_stems_written_back(sources, adult_dir, tmp_path):
 def test_inspect_fused_graph(compiled, capsys):
     assert main(["inspect", str(compiled.output)]) == 0
     out = capsys.readouterr().out
-    assert "akf" in out and "mixture" in out
+    assert "akf" in out
+    assert "mixture" in out
     assert "task income (binary, output 'income', label 'income'): sources income_mlp_deep_legacy, income_dcn_legacy" in out
     assert main(["inspect", str(compiled.output), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)

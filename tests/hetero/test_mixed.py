@@ -43,7 +43,8 @@ def test_mixed_fusion(others, sklearn_trees, adult_dir, tmp_path, fuse, frozen_b
 
     fused = onnx.load(result.output)
     inputs = {value.name: value.type.tensor_type.elem_type for value in fused.graph.input}
-    assert inputs["workclass"] == onnx.TensorProto.INT64 and inputs["workclass_raw"] == onnx.TensorProto.STRING
+    assert inputs["workclass"] == onnx.TensorProto.INT64
+    assert inputs["workclass_raw"] == onnx.TensorProto.STRING
     income = result.report["tasks"]["income"]
     assert set(income["sources"]) == {"income_dcn_legacy", "income_sklearn", "income_lightgbm"}
     assert set(result.report["tasks"]["marital"]["sources"]) == {"marital_rechub_deepfm", "marital_packed"}

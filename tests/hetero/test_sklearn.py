@@ -58,7 +58,7 @@ def test_sklearn_string_input_needs_binding(sklearn_trees, adult_dir, tmp_path):
     # Every input is bound except workclass, which then reads the id column of the same name.
     numeric = {name: column for name, column in sklearn_trees["sklearn_income"].inputs.items() if name != "workclass"}
     spec = _spec(adult_dir, [SourceSpec("income", sklearn_trees["sklearn_income"].path, inputs=numeric)], tmp_path / "f.onnx")
-    with pytest.raises(DataError, match=r"reads text but column 'workclass' holds int64 values; bind the input to a text column"):
+    with pytest.raises(DataError, match=r"reads text but column 'workclass' contains int64 values; bind the input to a text column"):
         plan(spec, tmp_path)
 
 

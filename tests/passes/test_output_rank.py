@@ -29,7 +29,8 @@ def test_add_class_axis_unsqueezes_rank1_output():
     x = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
     before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     after = ort.InferenceSession(result.SerializeToString()).run(None, {"x": x})[0]
-    assert after.shape == (4, 1) and np.array_equal(after[:, 0], before)
+    assert after.shape == (4, 1)
+    assert np.array_equal(after[:, 0], before)
 
 
 def test_add_class_axis_keeps_rank2_output():
