@@ -7,28 +7,54 @@ fixed order). Values are checked before anything runs: a missing column, a
 type that cannot be converted without loss, NaN or infinity, and labels that
 do not fit the task's kind are errors that name the file, the column and the
 first offending row.
+
+With `--fill`, missing feature values (empty, NaN or infinite) are imputed
+instead: a float column gets its mean over the train split, and a column of
+embedding ids gets the unknown id 0. The same values are applied to every
+split and stored in the fused graph, so `akfc run` and `akfc eval` impute
+them too. Labels are never imputed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from akfc.errors import DataError
 
-__all__ = ["InputSignature", "bind_input", "check_id_range", "check_same_columns", "read_table", "task_labels"]
+__all__ = [
+    "UNKNOWN_ID",
+    "InputSignature",
+    "bind_input",
+    "check_id_range",
+    "check_label_classes",
+    "check_same_columns",
+    "fill_missing",
+    "fill_values",
+    "read_table",
+    "task_labels",
+]
 
 logger = logging.getLogger(__name__)
 
 _MAX_ROWS_SHOWN = 5
+# The id that `--fill` gives a missing embedding id and the fused graph's id guard gives an out-of-range one.
+# akfc's Adult data reserves it for unknown values. A source that uses 0 for a real category should not be fused
+# with either option.
+UNKNOWN_ID = 0
+_FILL_HINT = (
+    "clean or impute them, or compile with --fill to impute the train split's column mean "
+    "(akfc run and eval then impute the same values)"
+)
 
 
 @dataclass(frozen=True)
@@ -77,45 +103,47 @@ def _column(table: pa.Table, column: str, file: str) -> np.ndarray:
     chunked = table.column(column)
     if chunked.null_count:
         nulls = np.asarray(chunked.is_null().to_numpy(zero_copy_only=False))
-        raise DataError(f"data file {file}: column {column!r} has {chunked.null_count} empty values ({_rows(nulls)}); fill or drop them")
+        raise DataError(f"data file {file}: column {column!r} has {chunked.null_count} empty values ({_rows(nulls)}); {_FILL_HINT}")
     return chunked.to_numpy(zero_copy_only=False)
 
 
 def _convert(values: np.ndarray, dtype: np.dtype, column: str, file: str) -> np.ndarray:
     """Cast a column to the input's dtype when no value changes; otherwise raise naming the row."""
-    if values.dtype == dtype:
-        converted = values
-    elif dtype.kind in "iuf" and values.dtype.kind in "OUS":
+    if dtype.kind in "iuf" and values.dtype.kind in "OUS":
         numeric = np.array([_try_float(v) for v in values], dtype=np.float64)
         bad = np.isnan(numeric) & ~np.array([_is_nan_text(v) for v in values])
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise DataError(f"data file {file}: column {column!r} contains text where numbers are expected, e.g. {values[first]!r} at row {first}")
         values = numeric
-        converted = values.astype(dtype)
+    # Checked before the cast: numpy casts NaN to an arbitrary integer, with only a RuntimeWarning.
+    if dtype.kind in "iuf" and values.dtype.kind == "f":
+        _check_finite(values, column, file)
+    if values.dtype == dtype:
+        converted = values
     elif dtype.kind in "OUS":
         converted = values.astype(str).astype(object)
     else:
         converted = values.astype(dtype)
-    if dtype.kind in "iu" and values.dtype.kind == "f":
-        lossy = ~np.isfinite(values) | (values != converted)
-        if lossy.any():
-            first = int(np.flatnonzero(lossy)[0])
-            raise DataError(
-                f"data file {file}: column {column!r} has non-integer value {values[first].item()!r} at row {first} "
-                f"but the graph input needs {dtype}; fix the column or the model's input type"
-            )
+    if dtype.kind in "iu" and values.dtype.kind == "f" and (values != converted).any():
+        first = int(np.flatnonzero(values != converted)[0])
+        raise DataError(
+            f"data file {file}: column {column!r} has non-integer value {values[first].item()!r} at row {first} "
+            f"but the graph input needs {dtype}; fix the column or the model's input type"
+        )
     if dtype.kind in "iu" and values.dtype.kind in "iu" and not np.array_equal(converted, values):
         lossy = converted != values
         raise DataError(f"data file {file}: column {column!r} has values out of range for {dtype} ({_rows(lossy)})")
     if converted.dtype.kind == "f":
-        bad = ~np.isfinite(converted)
-        if bad.any():
-            raise DataError(
-                f"data file {file}: column {column!r} has {int(bad.sum())} NaN or infinite values ({_rows(bad)}); "
-                "clean or impute them before fusing or serving"
-            )
+        # A float64 value beyond float32's range becomes infinite in the cast.
+        _check_finite(converted, column, file)
     return converted
+
+
+def _check_finite(values: np.ndarray, column: str, file: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(f"data file {file}: column {column!r} has {int(bad.sum())} NaN or infinite values ({_rows(bad)}); {_FILL_HINT}")
 
 
 def _try_float(value: object) -> float:
@@ -173,18 +201,32 @@ def bind_input(table: pa.Table, signature: InputSignature, columns: str | Sequen
     return np.stack([_convert(_column(table, c, file), signature.dtype, c, file) for c in columns], axis=1)
 
 
-def task_labels(table: pa.Table, column: str, kind: str, file: str, classes: int | None = None) -> np.ndarray:
-    """Read and check a task's label column: int64 class ids for classification, float32 for regression."""
-    values = _column(table, column, file)
+def task_labels(table: pa.Table, column: str, kind: str, file: str, classes: int | None = None, *, task: str | None = None) -> np.ndarray:
+    """Read and check a task's label column: int64 class ids for classification, float32 for regression.
+
+    `task` names the task in the messages and defaults to the column. Labels
+    are never imputed, so an empty, NaN or infinite label is an error.
+    """
+    task = task or column
+    owner = f"{classes}-class task {task!r}" if kind == "multiclass" and classes else f"{kind} task {task!r}"
+    values = _label_values(table, column, file, task, owner)
     if kind == "regression":
         return _convert(values, np.dtype(np.float32), column, file)
+    if values.dtype.kind == "f":
+        fractional = values != np.round(values)
+        if fractional.any():
+            first = int(np.flatnonzero(fractional)[0])
+            raise DataError(
+                f"data file {file}: label column {column!r} of {owner} has non-integer value {values[first].item()!r} "
+                f"at row {first}; class labels must be integer class ids"
+            )
     labels = _convert(values, np.dtype(np.int64), column, file)
     if kind == "binary":
         bad = (labels != 0) & (labels != 1)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"data file {file}: label column {column!r} of a binary task must hold 0 or 1, "
+                f"data file {file}: label column {column!r} of {owner} must hold 0 or 1, "
                 f"found {labels[first]} at row {first} ({_rows(bad)})"
             )
     elif classes is not None:
@@ -192,20 +234,151 @@ def task_labels(table: pa.Table, column: str, kind: str, file: str, classes: int
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"data file {file}: label column {column!r} of a {classes}-class task must hold 0..{classes - 1}, "
+                f"data file {file}: label column {column!r} of {owner} must hold 0..{classes - 1}, "
                 f"found {labels[first]} at row {first} ({_rows(bad)})"
             )
     return labels
 
 
-def check_same_columns(tables: Mapping[str, pa.Table]) -> None:
-    """Raise when the tables (file -> table) do not share the columns the first one has."""
+def _label_values(table: pa.Table, column: str, file: str, task: str, owner: str) -> np.ndarray:
+    """Return a label column's values, or raise when it is missing or has empty, NaN or infinite values."""
+    if column not in table.column_names:
+        raise DataError(
+            f"data file {file}: label column {column!r} of {owner} is missing (columns: {', '.join(table.column_names)}); "
+            f"add it, or name the task's label column with --label {task}=COLUMN "
+            f"(label = \"COLUMN\" under [task.{task}] in a spec)"
+        )
+    chunked = table.column(column)
+    missing = np.asarray(chunked.is_null().to_numpy(zero_copy_only=False))
+    values = chunked.to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "f":
+        # An integer column with empty values arrives as float64 with NaN in their place.
+        missing = missing | ~np.isfinite(values)
+    if missing.any():
+        raise DataError(
+            f"data file {file}: label column {column!r} of {owner} has {int(missing.sum())} empty, NaN or infinite values "
+            f"({_rows(missing)}); labels are never imputed, not even with --fill, so drop these rows"
+        )
+    return values
+
+
+def check_label_classes(labels: np.ndarray, column: str, kind: str, file: str, classes: int | None = None, *, task: str | None = None) -> None:
+    """Raise when a classification task's labels lack a class, so that its AUC on this table is undefined.
+
+    Validation and test tables need rows of every class: of 0 and 1 for a
+    binary task, of 0..classes-1 for a multiclass one (of two classes at
+    least when `classes` is not given). Regression labels pass.
+    """
+    if kind == "regression" or not len(labels):
+        return
+    task = task or column
+    present = np.unique(labels)
+    expected = 2 if kind == "binary" else classes
+    if expected is None:
+        if len(present) > 1:
+            return
+        expected = 2
+    absent = sorted(set(range(expected)) - {int(v) for v in present})
+    if not absent and len(present) > 1:
+        return
+    owner = f"{expected}-class task {task!r}" if kind == "multiclass" else f"{kind} task {task!r}"
+    if len(present) == 1:
+        found = f"holds only the value {present[0].item()} ({len(labels)} rows)"
+    else:
+        found = f"has no rows of class {', '.join(str(c) for c in absent)}"
+    needed = "both classes 0 and 1" if expected == 2 else f"every class 0..{expected - 1}"
+    raise DataError(
+        f"data file {file}: label column {column!r} of {owner} {found}, so the task's AUC is undefined on it; "
+        f"validation and test tables need rows of {needed} (use more rows or a stratified split)"
+    )
+
+
+def check_same_columns(tables: Mapping[str, pa.Table], columns: Collection[str] | None = None) -> None:
+    """Raise when a table (file -> table) lacks one of `columns` that the first table has (all of its columns when None)."""
     items = list(tables.items())
     first_file, first = items[0]
+    needed = set(first.column_names) if columns is None else set(columns) & set(first.column_names)
     for file, table in items[1:]:
-        missing = sorted(set(first.column_names) - set(table.column_names))
+        missing = sorted(needed - set(table.column_names))
         if missing:
-            raise DataError(f"data file {file} lacks columns that {first_file} has: {', '.join(missing)}")
+            description = "columns that" if columns is None else "columns that the sources or labels read and that"
+            raise DataError(
+                f"data file {file} lacks {description} {first_file} has: {', '.join(missing)}; give every split the same columns"
+            )
+
+
+def fill_values(table: pa.Table, float_columns: Iterable[str], id_columns: Iterable[str], file: str) -> dict[str, float | int]:
+    """Return what `--fill` imputes per column: the mean of a float column over `table` (the train split), UNKNOWN_ID for an id column.
+
+    Columns that `table` lacks or that hold text are left out, so their
+    binding reports them as usual. Raises when a float column has no finite
+    value to average.
+    """
+    values: dict[str, float | int] = {}
+    for column in float_columns:
+        if column not in table.column_names:
+            continue
+        numbers = _numbers(table.column(column))
+        if numbers is None:
+            continue
+        finite = numbers[np.isfinite(numbers)]
+        if not finite.size:
+            raise DataError(
+                f"data file {file}: column {column!r} has no finite value, so --fill has no train mean to impute; "
+                "fill the column, or drop it from the sources' inputs"
+            )
+        values[column] = float(finite.mean())
+    for column in id_columns:
+        if column in table.column_names:
+            values[column] = UNKNOWN_ID
+    return values
+
+
+def fill_missing(table: pa.Table, values: Mapping[str, float | int], file: str) -> tuple[pa.Table, dict[str, int]]:
+    """Replace the empty, NaN and infinite values of each column in `values` by its fill value.
+
+    Returns the new table and, per column that had any, the number of values
+    imputed; each such column is also logged as a warning. Integer columns
+    keep their type unless a non-integer mean is imputed, which makes them
+    float64. Columns the table lacks, and text columns, are left as they are.
+    """
+    counts: dict[str, int] = {}
+    for column, value in values.items():
+        if column not in table.column_names:
+            continue
+        chunked = table.column(column)
+        filled, count = _fill_column(chunked, value)
+        if not count:
+            continue
+        table = table.set_column(table.column_names.index(column), column, filled)
+        counts[column] = count
+        logger.warning("data file %s: --fill imputed %d missing values of column %r with %s", file, count, column, value)
+    return table, counts
+
+
+def _numbers(chunked: pa.ChunkedArray) -> np.ndarray | None:
+    """Return a numeric column as float64 with NaN for empty values, or None for any other type."""
+    if not (pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type)):
+        return None
+    return np.asarray(chunked.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _fill_column(chunked: pa.ChunkedArray, value: float | int) -> tuple[pa.ChunkedArray | pa.Array, int]:
+    if pa.types.is_integer(chunked.type):
+        # Integers have no NaN or infinity, only empty values. Converting through float64 would round ids above 2**53.
+        if not chunked.null_count:
+            return chunked, 0
+        if float(value).is_integer():
+            return pc.fill_null(chunked, pa.scalar(int(value), chunked.type)), chunked.null_count
+        return pc.fill_null(chunked.cast(pa.float64()), float(value)), chunked.null_count
+    if pa.types.is_floating(chunked.type):
+        numbers = chunked.to_numpy(zero_copy_only=False)
+        missing = ~np.isfinite(numbers)
+        count = int(missing.sum())
+        if not count:
+            return chunked, 0
+        return pa.array(np.where(missing, value, numbers).astype(numbers.dtype), type=chunked.type), count
+    return chunked, 0
 
 
 def check_id_range(values: np.ndarray, limit: int, column: str | Sequence[str], input_name: str, file: str) -> None:

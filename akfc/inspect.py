@@ -22,6 +22,7 @@ import onnx
 from rich.table import Table
 from rich.text import Text
 
+from akfc.atomic import write_atomic
 from akfc.errors import ModelError
 from akfc.passes.dataflow import INPUT, Dataflow
 from akfc.passes.decompose import DEFAULT_LEVELS, Component, Decomposition, TensorSpec, decompose
@@ -429,7 +430,7 @@ def _draw_with_matplotlib(inspection: Inspection, picture: _Picture, target: Pat
     axes.set_title(summary_line(inspection), fontsize=10, loc="left")
     figure.text(0.01, 0.005, "dark boxes: layers with weights; orange: tensors crossing a frontier (dashed: passed through whole blocks); reshape-like ops hidden", fontsize=7, color="#555555")
     figure.tight_layout()
-    figure.savefig(target, format=fmt, dpi=100)
+    write_atomic(target, lambda tmp: figure.savefig(tmp, format=fmt, dpi=100))
     plt.close(figure)
 
 
@@ -469,7 +470,7 @@ def _draw_with_graphviz(inspection: Inspection, picture: _Picture, target: Path,
         handle.write("\n".join(lines))
         dot_file = handle.name
     try:
-        subprocess.run(["dot", f"-T{fmt}", "-o", str(target), dot_file], check=True, capture_output=True, text=True)
+        write_atomic(target, lambda tmp: subprocess.run(["dot", f"-T{fmt}", "-o", str(tmp), dot_file], check=True, capture_output=True, text=True))
     except subprocess.CalledProcessError as error:
         raise ModelError(f"graphviz dot failed to draw {target}: {error.stderr.strip()}") from error
     finally:

@@ -37,7 +37,7 @@ def is_fused(model: onnx.ModelProto) -> bool:
 
 
 def _order(component: FusedComponent) -> tuple[int, str, int]:
-    rank = {"bind": 0, "shared": 1, "stem": 2, "head": 1000, "mixture": 1001}
+    rank = {"guard": 0, "bind": 0, "shared": 1, "stem": 2, "head": 1000, "mixture": 1001}
     level = int(component.name[5:]) * 2 + 3 if component.name.startswith("level") else rank.get(component.name, 999)
     # Interleave: level k of the sources, then level k of akf.
     return (level + (1 if component.owner == "akf" else 0), component.owner, 0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,26 +35,36 @@ import pyarrow as pa
 import torch
 
 from akfc import __version__
-from akfc.atomic import write_atomic
-from akfc.data import InputSignature, bind_input, check_id_range, check_same_columns, read_table, task_labels
+from akfc.atomic import make_temporary_folder, remove_stale_temporaries, save_model_atomic
+from akfc.data import (
+    InputSignature,
+    bind_input,
+    check_id_range,
+    check_label_classes,
+    check_same_columns,
+    fill_missing,
+    fill_values,
+    read_table,
+    task_labels,
+)
 from akfc.errors import DataError, ModelError, SpecError
 from akfc.fusion import FusedModel, FusionConfig, IdentityBlock, SourceComponents
 from akfc.lower import lower, lowering_info
 from akfc.metrics import task_metrics
 from akfc.passes.decompose import Decomposition, decompose
 from akfc.passes.extract import extract_component
-from akfc.passes.id_ranges import embedding_limits
+from akfc.passes.id_ranges import embedding_limits, guard_ids
 from akfc.passes.load import load_model
 from akfc.passes.normalize import NormalizedSource, normalize, prune
 from akfc.passes.opset import convert_opset, target_opset
-from akfc.recompile import FusedInput, SourceLayout, recompile
-from akfc.report import plot_report, write_json, write_markdown
+from akfc.recompile import _WIDENS_TO, FusedInput, SourceLayout, recompile
+from akfc.report import draw_report, json_text, markdown_text
 from akfc.runtime import make_session, run_batched
 from akfc.serving import FusedMetadata, SourceRecord, file_sha256, input_signatures
 from akfc.spec import CompileSpec, SourceSpec, load_spec, merge_flags, parse_source_argument
 from akfc.train import EpochSummary, TrainConfig, TrainingSet, TrainResult, predict, train
 
-__all__ = ["CompilePlan", "CompileResult", "PARITY_TOLERANCE", "compile", "plan"]
+__all__ = ["CompilePlan", "CompileResult", "PARITY_TOLERANCE", "checkpoint_folder", "compile", "plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +91,20 @@ class _Source:
     head_only: bool  # no interior frontier: the stem is the whole source and ends at head_output
     stem_outputs: list[str]  # tensors the stem produces, cached per split
     graph_output: str  # the source file's own graph output that contains the task's prediction
+
+
+class _Stopwatch:
+    """Wall time of consecutive pipeline stages: each `lap` closes the stage that started at the previous one."""
+
+    def __init__(self, laps: dict[str, float] | None = None) -> None:
+        self.laps = {} if laps is None else laps
+        self._started = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = now - self._started
+        self._started = now
+        logger.info("stage %s took %.2f s", stage, self.laps[stage])
 
 
 @dataclass
@@ -135,9 +159,12 @@ def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
     device = _torch_device(spec.device)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".akfc-", dir=output.parent))
+    for target in (output, *_report_paths(output)):
+        remove_stale_temporaries(target)
+    workdir = make_temporary_folder(output)
     try:
         fusion = plan(spec, workdir)
+        clock = _Stopwatch(fusion.timings)
         sources, kinds, tables, sets, model = fusion.sources, fusion.kinds, fusion.tables, fusion.sets, fusion.model
         config = TrainConfig(
             epochs=spec.epochs, patience=spec.patience, batch_size=spec.batch_size, lr=spec.lr,
@@ -145,20 +172,33 @@ def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
         )  # fmt: skip
         fingerprint = {
             "sources": {s.spec.name: s.sha256 for s in sources},
+            "data": {split: file_sha256(path) for split, (path, _) in tables.items() if split in ("train", "valid")},
             "levels": spec.levels, "width": spec.width, "heads": spec.heads, "dropout": spec.dropout,
+            "train_components": sorted(spec.train_components),
         }  # fmt: skip
-        checkpoints = output.parent / f"{output.stem}.checkpoints"
         training = train(
-            model, kinds, sets["train"], sets["valid"], config, checkpoints,
+            model, kinds, sets["train"], sets["valid"], config, checkpoint_folder(output),
             resume=resume, fingerprint=fingerprint, device=device, on_epoch=on_epoch, progress=progress,
         )  # fmt: skip
         model.to("cpu").eval()
+        clock.lap("training")
 
         # 6. recompile, verify, report, write
         fused = _recompile(model, sources, fusion.fused_inputs, kinds, sets["valid"])
+        # Guarded before the parity check, so that the check covers the guard.
+        guarded = embedding_limits(fused) if spec.guard_ids else {}
+        if guarded:
+            fused = guard_ids(fused, namespace="akf/guard")
+        clock.lap("recompile")
         torch_valid = predict(model, sets["valid"])
         parity = _verify_parity(fused, tables["valid"], torch_valid, kinds)
+        clock.lap("parity")
         report = _report(model, fused, sources, kinds, tables, sets, training)
+        if spec.fill:
+            report["fill"] = {"values": fusion.fill, "imputed": fusion.imputed}
+        # NOTE: report.json is written inside the "write" stage, so the file lacks that stage; the returned report has it.
+        report["timings_s"] = clock.laps
+        clock.lap("report")
         metadata = FusedMetadata(
             tasks={
                 task: {
@@ -177,11 +217,14 @@ def compile(  # noqa: A001 -- the public name mirrors the `akfc compile` command
             version=__version__,
             fusion={"width": spec.width, "heads": spec.heads, "dropout": spec.dropout, "best_epoch": training.best_epoch},
             metrics={split: {task: entry["fused"] for task, entry in block["tasks"].items()} for split, block in report["splits"].items()},
+            fill=fusion.fill,
+            guard_ids=guarded,
         )
         for key, value in metadata.to_props().items():
             fused.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-        files = _write(output, fused, report)
-        logger.info("wrote %s", output)
+        files = _write(output, fused, report, spec.external_data)
+        clock.lap("write")
+        logger.info("wrote %s in %.1f s", output, sum(clock.laps.values()))
         return CompileResult(output, report, metadata, training, model, torch_valid, parity, files)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -197,6 +240,9 @@ class CompilePlan:
     fused_inputs: list[FusedInput]
     sets: dict[str, TrainingSet]  # split -> cached stem outputs and labels
     model: FusedModel
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds, in pipeline order
+    fill: dict[str, float | int] = field(default_factory=dict)  # column -> value imputed for missing values (--fill)
+    imputed: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> column -> values imputed (--fill)
 
 
 def plan(spec: CompileSpec, workdir: str | os.PathLike[str]) -> CompilePlan:
@@ -206,20 +252,37 @@ def plan(spec: CompileSpec, workdir: str | os.PathLike[str]) -> CompilePlan:
         spec: a validated spec.
         workdir: folder for stem caches that exceed the memory budget.
     """
+    clock = _Stopwatch()
+
     # 1-2. sources: load, one opset, normalise, decompose, extract
     sources = _prepare_sources(spec)
     kinds = _task_kinds(spec, sources)
+    clock.lap("load_normalize")
 
     # 3. data: tables, fused inputs, stem caches, labels
     tables = {split: (path, read_table(path)) for split, path in (("train", spec.train), ("valid", spec.valid), ("test", spec.test)) if path}
     if "train" not in tables or "valid" not in tables:
         raise SpecError("compile needs a train and a valid table; pass --train and --valid (or [data] in the spec)")
-    check_same_columns({str(path): table for path, table in tables.values()})
     fused_inputs = _fused_inputs(sources, tables["train"][1], str(tables["train"][0]))
+    label_columns = [spec.tasks[task].label_column for task in kinds]
+    check_same_columns({str(path): table for path, table in tables.values()}, [i.column for i in fused_inputs] + label_columns)
+    fill: dict[str, float | int] = {}
+    imputed: dict[str, dict[str, int]] = {}
+    if spec.fill:
+        fill, imputed, tables = _fill_tables(sources, spec, label_columns, tables)
+    clock.lap("data")
     sets = {split: _training_set(sources, kinds, spec, table, str(path), Path(workdir)) for split, (path, table) in tables.items()}
+    for split in ("valid", "test"):
+        if split in tables:
+            for task, kind in kinds.items():
+                classes = _source_classes(sources, task) if kind == "multiclass" else None
+                labels = sets[split].labels[task].numpy()
+                check_label_classes(labels, spec.tasks[task].label_column, kind, str(tables[split][0]), classes, task=task)
+    clock.lap("stems")
 
     # 4. lowering
     components = [_lower_source(source, spec) for source in sources]
+    clock.lap("lowering")
 
     # 5. the fused model; it must start equal to the sources
     if all(source.head_only for source in sources):
@@ -230,7 +293,8 @@ def plan(spec: CompileSpec, workdir: str | os.PathLike[str]) -> CompilePlan:
     torch.manual_seed(spec.seed)
     model = FusedModel(components, kinds, FusionConfig(width=spec.width, heads=spec.heads, dropout=spec.dropout))
     _check_initial_equality(model, sources, kinds, tables["valid"], sets["valid"])
-    return CompilePlan(sources, kinds, tables, fused_inputs, sets, model)
+    clock.lap("initial_equality")
+    return CompilePlan(sources, kinds, tables, fused_inputs, sets, model, clock.laps, fill=fill, imputed=imputed)
 
 
 def _torch_device(device: str) -> torch.device:
@@ -263,8 +327,12 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
         digest = file_sha256(source.path) if Path(source.path).is_file() else ""
         if digest and digest in seen:
             other = seen[digest]
+            same = "" if Path(other.path).resolve() == Path(source.path).resolve() else f" (same content as {other.path})"
             if other.task == source.task:
-                raise SpecError(f"source {source.path} is given twice for task {source.task!r} (same file as {other.path}); remove one")
+                raise SpecError(
+                    f"source {source.path} is given twice for task {source.task!r}{same}; a second copy adds nothing to the "
+                    "task's mixture, so remove one [[source]] entry or TASK=PATH argument"
+                )
             logger.warning("source %s is the same file as %s; it serves tasks %s and %s", source.path, other.path, other.task, source.task)
         seen[digest] = source
         loaded.append(load_model(source.path, output=source.output))
@@ -278,8 +346,8 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
     prepared = []
     for source, model, digest in zip(spec.sources, unified, hashes):
         origin = str(source.path)
-        normalized = normalize(model, source.name, output=source.output, kind=spec.tasks[source.task].kind, origin=origin)
-        frontiers = {i: names for i, names in enumerate(source.boundaries)} if source.boundaries else None
+        normalized = normalize(model, source.name, output=source.output, kind=spec.tasks[source.task].kind, origin=origin, dynamic_batch=True)
+        frontiers = _user_frontiers(normalized.model, source) if source.boundaries else None
         decomposition = decompose(normalized.model, levels=spec.levels, frontiers=frontiers)
         head_output, mode, kind = _task_output(normalized, spec.tasks[source.task].kind)
         head_only = all(component.identity for component in decomposition.components[:-1])
@@ -295,6 +363,18 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
         graph_output = _graph_output(model, normalized.output[len(source.name) + 1 :])
         prepared.append(_Source(source, digest, normalized, decomposition, components, head_output, mode, kind, head_only, stem_outputs, graph_output))
     return prepared
+
+
+def _user_frontiers(model: onnx.ModelProto, source: SourceSpec) -> dict[int, list[str]]:
+    """Map the spec's boundary tensors to the normalised graph, whose names carry the source id as a prefix.
+
+    A boundary may name a tensor as the source file does (as `akfc inspect` shows it) or with the prefix.
+    """
+    names = {name for node in model.graph.node for name in node.output} | {value.name for value in model.graph.input}
+    frontiers = {}
+    for index, boundary in enumerate(source.boundaries or []):
+        frontiers[index] = [f"{source.name}/{name}" if f"{source.name}/{name}" in names else name for name in boundary]
+    return frontiers
 
 
 # ai.onnx.ml ops whose second output contains class probabilities.
@@ -373,7 +453,23 @@ def _task_kinds(spec: CompileSpec, sources: list[_Source]) -> dict[str, str]:
             listing = ", ".join(f"{name}: {kind}" for name, kind in found.items())
             raise SpecError(f"the sources of task {task!r} disagree on its kind ({listing}); set kind in [task.{task}]")
         kinds[task] = next(iter(found.values()))
+        if kinds[task] != "multiclass":
+            continue
+        for source in (s for s in sources if s.spec.task == task):
+            if _output_width(source) < 2:
+                activation = source.normalized.activation or "no activation"
+                raise SpecError(
+                    f"task {task!r} is set to multiclass, but the head of source {source.spec.name!r} ({source.spec.path}) "
+                    f"has 1 output ({activation}), so the task can be binary or regression, not multiclass; "
+                    f"set kind = \"binary\" or \"regression\" (--kind {task}=binary), or leave it out to infer it from the head"
+                )
     return kinds
+
+
+def _output_width(source: _Source) -> int:
+    """Return the width of the source's task output: its class count, or 1 for a single probability, logit or value."""
+    output = next(t for t in source.decomposition.head.outputs if t.name == source.normalized.output)
+    return int(output.shape[-1]) if len(output.shape) > 1 else 1
 
 
 def _bindings(source: _Source) -> dict[str, str | list[str]]:
@@ -386,13 +482,15 @@ def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[Fu
     """Decide the fused graph's inputs: one [batch] tensor per bound column.
 
     A column read whole by some source takes that reader's type. When such
-    readers differ, the narrowest integer type wins, because widening it is
-    lossless. A column only packed into [batch, F] inputs takes the packed
-    input's type.
+    readers differ, the type that every other reader's type widens from
+    without loss wins (int32 ids feed int64 readers through a Cast); when
+    there is none, a ModelError names two readers. A column only packed into
+    [batch, F] inputs takes the packed input's type.
     Packed readers get a Cast inside the graph.
     """
     chosen: dict[str, FusedInput] = {}
     packed: dict[str, FusedInput] = {}
+    readers: dict[str, list[tuple[_Source, str, InputSignature]]] = {}
     for source in sources:
         for signature in input_signatures(source.components[0]):
             original = source.normalized.input_names[signature.name]
@@ -406,16 +504,105 @@ def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[Fu
                     f"source {source.spec.name!r} reads graph input {original!r} from column {binding!r}, "
                     f"which {file} lacks; add the column or bind the input with inputs = {{ {original} = \"COLUMN\" }}"
                 )
-            if binding in chosen:
-                first = chosen[binding]
-                if first.dtype != signature.dtype and signature.dtype.kind == "i" and first.dtype.kind == "i" and first.dtype.itemsize > signature.dtype.itemsize:
-                    chosen[binding] = FusedInput(binding, signature.dtype, first.shape)
-                continue
+            _check_one_value_per_row(source, original, signature, binding, readers.get(binding, []))
+            readers.setdefault(binding, []).append((source, original, signature))
             # One value per row: a source that reads [batch, 1] gets it through an Unsqueeze.
-            chosen[binding] = FusedInput(binding, signature.dtype, (signature.shape[0],))
+            first = readers[binding][0][2]
+            chosen[binding] = FusedInput(binding, _column_dtype(binding, readers[binding], table, file), (first.shape[0],))
     for column, fused in packed.items():
         chosen.setdefault(column, fused)
     return list(chosen.values())
+
+
+def _shape_text(shape: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
+
+
+def _check_one_value_per_row(
+    source: _Source, original: str, signature: InputSignature, column: str, others: Sequence[tuple[_Source, str, InputSignature]]
+) -> None:
+    """Raise unless a graph input bound to one column takes one value per row: shape [batch] or [batch, 1]."""
+    shape = signature.shape
+    if len(shape) == 1 or (len(shape) == 2 and not (isinstance(shape[1], int) and shape[1] != 1)):
+        return
+    also = ""
+    if others:
+        other, other_input, other_signature = others[0]
+        also = f" (source {other.spec.name!r} reads it through {other_input!r} as {other_signature.dtype} {_shape_text(other_signature.shape)})"
+    width = f"{shape[1]} " if len(shape) == 2 else ""
+    raise DataError(
+        f"source {source.spec.name!r} ({source.spec.path}) reads column {column!r} through graph input {original!r} of shape "
+        f"{_shape_text(shape)}, but a column holds one value per row{also}; bind the input to an ordered list of {width}columns "
+        f"with inputs = {{ {original} = [\"COLUMN\", ...] }} in its [[source]] table"
+    )
+
+
+def _column_dtype(column: str, readers: Sequence[tuple[_Source, str, InputSignature]], table: pa.Table, file: str) -> np.dtype:
+    """Return the type a column is fed as: the reader's type from which every other reader's type widens without loss.
+
+    When there is none, a reader that the data itself cannot feed (floats with
+    fractions for an integer input) raises its DataError first, because that
+    names the row; otherwise a ModelError names two readers whose types conflict.
+    """
+    dtypes = list(dict.fromkeys(signature.dtype for _, _, signature in readers))
+    for candidate in dtypes:
+        if all(dtype == candidate or dtype in _WIDENS_TO.get(candidate, set()) for dtype in dtypes):
+            return candidate
+    if not table.column(column).null_count:  # empty values are filled later (--fill) or reported by the binding
+        for _, _, signature in readers:
+            bind_input(table, signature, column, file)
+
+    def convertible(a: np.dtype, b: np.dtype) -> bool:
+        return a == b or b in _WIDENS_TO.get(a, set()) or a in _WIDENS_TO.get(b, set())
+
+    pairs = [(x, y) for i, x in enumerate(readers) for y in readers[i + 1 :] if not convertible(x[2].dtype, y[2].dtype)]
+    (first, first_input, first_signature), (second, second_input, second_signature) = pairs[0] if pairs else (readers[0], readers[-1])
+    if first is second:
+        readers_text = f"source {first.spec.name!r} ({first.spec.path}) reads column {column!r} through two graph inputs"
+    else:
+        readers_text = f"sources {first.spec.name!r} ({first.spec.path}) and {second.spec.name!r} ({second.spec.path}) both read column {column!r}"
+    raise ModelError(
+        f"{readers_text}: graph input {first_input!r} as {first_signature.dtype} and graph input {second_input!r} as "
+        f"{second_signature.dtype}. The fused graph has one input per column, and neither type converts to the other "
+        "without loss. Re-export one model with the other's input type, or bind one input to another column with "
+        f"inputs = {{ {second_input} = \"COLUMN\" }} in its [[source]] table"
+    )
+
+
+def _fill_tables(
+    sources: list[_Source], spec: CompileSpec, label_columns: Sequence[str], tables: Mapping[str, tuple[Path, pa.Table]]
+) -> tuple[dict[str, float | int], dict[str, dict[str, int]], dict[str, tuple[Path, pa.Table]]]:
+    """Impute missing feature values (--fill); return the fill values, the counts per split and column, and the new tables.
+
+    A column that only float graph inputs read gets its train mean; one that
+    only embedding-id inputs read gets the unknown id. Columns read as text or
+    as other integers, columns with mixed readers, and label columns are not
+    imputed, so their missing values stay errors.
+    """
+    roles: dict[str, set[str]] = {}
+    for source in sources:
+        stem = source.components[0]
+        limits = embedding_limits(stem)
+        for signature in input_signatures(stem):
+            original = source.normalized.input_names[signature.name]
+            binding = source.spec.inputs.get(original, original)
+            if signature.dtype.kind == "f":
+                role = "float"
+            elif signature.name in limits:
+                role = "id"
+            else:
+                role = "other"
+            for column in [binding] if isinstance(binding, str) else binding:
+                roles.setdefault(column, set()).add(role)
+    float_columns = [c for c, found in roles.items() if found == {"float"} and c not in label_columns]
+    id_columns = [c for c, found in roles.items() if found == {"id"} and c not in label_columns]
+    train_path, train = tables["train"]
+    values = fill_values(train, float_columns, id_columns, str(train_path))
+    filled, imputed = {}, {}
+    for split, (path, table) in tables.items():
+        table, imputed[split] = fill_missing(table, values, str(path))
+        filled[split] = (path, table)
+    return values, imputed, filled
 
 
 def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: CompileSpec, table: pa.Table, file: str, workdir: Path) -> TrainingSet:
@@ -444,7 +631,7 @@ def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: Compil
     labels = {}
     for task, kind in kinds.items():
         classes = _source_classes(sources, task) if kind == "multiclass" else None
-        values = task_labels(table, spec.tasks[task].label_column, kind, file, classes)
+        values = task_labels(table, spec.tasks[task].label_column, kind, file, classes, task=task)
         labels[task] = torch.tensor(values)
     return TrainingSet(frontiers, labels)
 
@@ -475,11 +662,11 @@ def _lower_source(source: _Source, spec: CompileSpec) -> SourceComponents:
         )  # fmt: skip
     blocks = []
     for component, model in zip(source.decomposition.blocks, source.components[1:-1]):
-        blocks.append(IdentityBlock() if component.identity else lower(model, source=f"{name} {component.name}"))
+        blocks.append(IdentityBlock() if component.identity else _lower_after_stem(source, model, component.name))
     for block in blocks:
         block.requires_grad_(False)
     train_heads = "heads" in spec.train_components
-    head = lower(source.components[-1], trainable=train_heads, source=f"{name} head")
+    head = _lower_after_stem(source, source.components[-1], "head", trainable=train_heads)
     head.requires_grad_(train_heads)
     stem = None
     if "stems" in spec.train_components:
@@ -493,6 +680,18 @@ def _lower_source(source: _Source, spec: CompileSpec) -> SourceComponents:
     ]
     classes = int(source.decomposition.head.outputs[0].shape[-1]) if len(source.decomposition.head.outputs[0].shape) > 1 else 1
     return SourceComponents(name, source.spec.task, blocks, head, frontiers, output=source.output_mode, classes=classes, stem=stem)
+
+
+def _lower_after_stem(source: _Source, model: onnx.ModelProto, part: str, *, trainable: bool = False) -> torch.fx.GraphModule:
+    """Lower a block or the head; a failure adds that the stem, which runs in onnxruntime, may contain the node."""
+    try:
+        return lower(model, trainable=trainable, source=f"{source.spec.name} {part}")
+    except ModelError as error:
+        raise ModelError(
+            f"{error}. Source {source.spec.name!r} ({source.spec.path}): blocks and heads are lowered to torch, but the stem "
+            "runs in onnxruntime and may contain any op it supports, so end the stem after this node: name the tensors "
+            "that cut the graph there as frontier 0, boundaries = [[\"TENSOR\", ...]], in the source's [[source]] table"
+        ) from error
 
 
 def _trained_initializers(module: torch.nn.Module | None) -> dict[str, np.ndarray]:
@@ -675,11 +874,23 @@ def _report_paths(output: Path) -> tuple[Path, Path, Path]:
     return output.parent / "report.json", output.parent / "report.md", output.parent / "report.png"
 
 
-def _write(output: Path, fused: onnx.ModelProto, report: dict[str, Any]) -> list[Path]:
-    """Write the fused graph and its report files, each atomically."""
+def checkpoint_folder(output: str | os.PathLike[str]) -> Path:
+    """Return the folder of a compile's training checkpoints: `<output stem>.checkpoints` beside the output."""
+    output = Path(output)
+    return output.parent / f"{output.stem}.checkpoints"
+
+
+def _write(output: Path, fused: onnx.ModelProto, report: dict[str, Any], external_data: bool | None) -> list[Path]:
+    """Write the report files and the fused graph: every file is complete before the first one is renamed into place."""
     report_json, report_md, report_png = _report_paths(output)
-    write_atomic(output, lambda tmp: onnx.save(fused, tmp))
-    write_json(report_json, report)
-    write_markdown(report_md, report, title=f"akfc report: {output.name}")
-    plot_report(report_png, report)
-    return [output, report_json, report_md, report_png]
+    # NOTE: the renames run one after another, so a process killed between two of them leaves some report
+    # files new and the graph old; the graph, renamed last, is never newer than its report.
+    files = save_model_atomic(
+        output, fused, external_data=external_data,
+        beside=[
+            (report_json, lambda tmp: Path(tmp).write_text(json_text(report))),
+            (report_md, lambda tmp: Path(tmp).write_text(markdown_text(report, title=f"akfc report: {output.name}"))),
+            (report_png, lambda tmp: draw_report(tmp, report)),
+        ],
+    )  # fmt: skip
+    return [*files, report_json, report_md, report_png]

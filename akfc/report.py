@@ -27,13 +27,28 @@ import matplotlib.pyplot as plt  # noqa: E402 -- the backend must be chosen befo
 from akfc.atomic import write_atomic, write_text_atomic
 from akfc.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
 
-__all__ = ["REPORT_SCHEMA_VERSION", "metrics_table", "plot_report", "write_json", "write_markdown"]
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "draw_report",
+    "json_text",
+    "markdown_text",
+    "metrics_table",
+    "plot_report",
+    "write_json",
+    "write_markdown",
+]
 
 REPORT_SCHEMA_VERSION = 1
 
 
+def json_text(report: Mapping[str, Any]) -> str:
+    """Render the report as indented JSON, the content of report.json."""
+    return json.dumps(report, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    """Write the report as JSON atomically."""
+    write_text_atomic(path, json_text(report))
 
 
 def metrics_table(report: Mapping[str, Any]) -> list[list[str]]:
@@ -53,7 +68,12 @@ def metrics_table(report: Mapping[str, Any]) -> list[list[str]]:
 
 
 def write_markdown(path: str | os.PathLike[str], report: Mapping[str, Any], title: str = "akfc report") -> None:
-    """Write the metrics table (and the fusion summary when present) as Markdown."""
+    """Write the metrics table (and the fusion summary when present) as Markdown, atomically."""
+    write_text_atomic(path, markdown_text(report, title))
+
+
+def markdown_text(report: Mapping[str, Any], title: str = "akfc report") -> str:
+    """Render the metrics table (and the fusion summary when present) as Markdown."""
     lines = [f"# {title}", ""]
     header: list[str] | None = None
     for row in metrics_table(report):
@@ -78,11 +98,19 @@ def write_markdown(path: str | os.PathLike[str], report: Mapping[str, Any], titl
             for task in tasks:
                 lines.append(f"| {task} | " + " | ".join(f"{entry['attention'][task][other]:.3f}" for other in tasks) + " |")
             lines.append("")
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def plot_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
-    """Draw each task's primary metric per model as bars and, when present, each level's attention as a heat map."""
+    """Draw the report as a PNG file (see `draw_report`), written atomically."""
+    write_atomic(path, lambda tmp: draw_report(tmp, report))
+
+
+def draw_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
+    """Draw each task's primary metric per model as bars, and each level's attention as a heat map, into the PNG file `path`.
+
+    The file is written in place; `plot_report` writes it atomically.
+    """
     tasks = list(report["tasks"])
     fusion = report.get("fusion") or {"levels": []}
     panels = len(tasks) + len(fusion["levels"])
@@ -132,6 +160,6 @@ def plot_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> None
         ax.axis("off")
     figure.tight_layout()
     try:
-        write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+        figure.savefig(path, dpi=110, format="png")
     finally:
         plt.close(figure)

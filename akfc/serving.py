@@ -14,6 +14,13 @@ Metadata keys (values are strings; JSON where noted):
                          "output", "inputs"} where "inputs" maps the source's
                          graph inputs to data columns
     akfc.metrics         JSON: split -> the report's "tasks" block
+    akfc.fill            JSON: column -> the value `--fill` imputes for its empty,
+                         NaN and infinite values; only in graphs compiled with
+                         --fill, and `predict` and `evaluate_table` apply it
+    akfc.guard_ids       JSON: graph input -> embedding table rows; only in graphs
+                         compiled with --guard-ids, whose guard maps ids outside
+                         [0, rows) to 0. akfc still rejects such ids before
+                         running the graph.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from akfc.atomic import write_atomic
-from akfc.data import InputSignature, bind_input, check_id_range, task_labels
-from akfc.errors import ModelError
+from akfc.data import InputSignature, bind_input, check_id_range, check_label_classes, fill_missing, task_labels
+from akfc.errors import DataError, ModelError
 from akfc.metrics import task_metrics
 from akfc.passes.id_ranges import embedding_limits
 from akfc.runtime import make_session, run_batched
@@ -79,9 +86,11 @@ class FusedMetadata:
     version: str
     fusion: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    fill: dict[str, float | int] = field(default_factory=dict)  # column -> imputed value; empty without --fill
+    guard_ids: dict[str, int] = field(default_factory=dict)  # guarded graph input -> table rows; empty without --guard-ids
 
     def to_props(self) -> dict[str, str]:
-        return {
+        props = {
             "akfc.schema_version": METADATA_SCHEMA_VERSION,
             "akfc.version": self.version,
             "akfc.tasks": json.dumps(self.tasks),
@@ -90,6 +99,12 @@ class FusedMetadata:
             "akfc.sources": json.dumps([vars(source) for source in self.sources]),
             "akfc.metrics": json.dumps(self.metrics),
         }
+        # Written only when used, so a graph compiled without these options carries the same keys as before them.
+        if self.fill:
+            props["akfc.fill"] = json.dumps(self.fill)
+        if self.guard_ids:
+            props["akfc.guard_ids"] = json.dumps(self.guard_ids)
+        return props
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -115,6 +130,8 @@ def read_metadata(model: onnx.ModelProto, file: str) -> FusedMetadata:
         version=props["akfc.version"],
         fusion=json.loads(props.get("akfc.fusion", "{}")),
         metrics=json.loads(props.get("akfc.metrics", "{}")),
+        fill=json.loads(props.get("akfc.fill", "{}")),
+        guard_ids=json.loads(props.get("akfc.guard_ids", "{}")),
     )
 
 
@@ -132,10 +149,15 @@ def input_signatures(model: onnx.ModelProto) -> list[InputSignature]:
     return signatures
 
 
+def _props(model: onnx.ModelProto) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
 def _feeds(model: onnx.ModelProto, table: pa.Table, file: str, bindings: Mapping[str, str | list[str]] | None = None) -> dict[str, np.ndarray]:
     """Bind the table to the model's inputs, refusing ids outside an embedding table before they reach onnxruntime."""
     bindings = bindings or {}
-    limits = embedding_limits(model)
+    # A guarded graph's inputs reach their tables through the guard, which embedding_limits does not follow.
+    limits = {**embedding_limits(model), **json.loads(_props(model).get("akfc.guard_ids", "{}"))}
     feeds = {}
     for sig in input_signatures(model):
         column = bindings.get(sig.name, sig.name)
@@ -154,9 +176,18 @@ def predict(
     bindings: Mapping[str, str | list[str]] | None = None,
     device: str = "auto",
     batch_size: int = 8192,
+    session_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a graph over every row of a table; return the requested outputs."""
-    session = make_session(model, device)
+    """Run a graph over every row of a table; return the requested outputs.
+
+    A fused graph compiled with --fill gets the table's missing values imputed first, as in compile.
+    With `session_path`, onnxruntime reads the model from that file, so `model`
+    may be loaded without its external data and is never serialised.
+    """
+    fill = json.loads(_props(model).get("akfc.fill", "{}"))
+    if fill:
+        table, _ = fill_missing(table, fill, file)
+    session = make_session(model if session_path is None else session_path, device)
     return run_batched(session, _feeds(model, table, file, bindings), list(outputs), batch_size=batch_size)
 
 
@@ -181,11 +212,19 @@ def evaluate_table(
     Sources are matched to the fused graph's metadata by sha256, which gives
     their task, output and input bindings. Returns the report JSON shape.
     """
-    fused = onnx.load(str(fused_path))
+    # The weights stay on disk for onnxruntime; a graph above 2 GiB could not be handed over in memory.
+    fused = onnx.load(str(fused_path), load_external_data=False)
     metadata = read_metadata(fused, str(fused_path))
     tasks = metadata.tasks
-    fused_outputs = predict(fused, table, file, [info["output"] for info in tasks.values()], device=device)
-    labels = {task: task_labels(table, info["label"], info["kind"], file, info.get("classes")) for task, info in tasks.items()}
+    _check_label_columns(table, tasks, file, str(fused_path))
+    if metadata.fill:
+        # Filled once here, so that the sources below read the same values as the fused graph.
+        table, _ = fill_missing(table, metadata.fill, file)
+    fused_outputs = predict(fused, table, file, [info["output"] for info in tasks.values()], device=device, session_path=fused_path)
+    labels = {}
+    for task, info in tasks.items():
+        labels[task] = task_labels(table, info["label"], info["kind"], file, info.get("classes"), task=task)
+        check_label_classes(labels[task], info["label"], info["kind"], file, info.get("classes"), task=task)
 
     report: dict[str, Any] = {"tasks": {}}
     for task, info in tasks.items():
@@ -214,6 +253,17 @@ def evaluate_table(
             ensemble = np.mean([p.reshape(predictions[0].shape) for p in predictions], axis=0)
             report["tasks"][task]["ensemble"] = task_metrics(tasks[task]["kind"], labels[task], ensemble)
     return report
+
+
+def _check_label_columns(table: pa.Table, tasks: Mapping[str, Mapping[str, Any]], file: str, fused_file: str) -> None:
+    """Raise naming every task whose label column, fixed when the graph was compiled, the table lacks."""
+    missing = {task: info["label"] for task, info in tasks.items() if info["label"] not in table.column_names}
+    if missing:
+        listing = ", ".join(f"task {task!r} reads column {column!r}" for task, column in missing.items())
+        raise DataError(
+            f"data file {file} lacks label columns of {fused_file}: {listing} (columns: {', '.join(table.column_names)}); "
+            "add them to the table, or use `akfc run`, which needs no labels"
+        )
 
 
 def write_predictions(path: str | os.PathLike[str], predictions: Mapping[str, np.ndarray], tasks: Mapping[str, Mapping[str, Any]]) -> None:

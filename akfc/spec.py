@@ -9,6 +9,7 @@ Example::
     train = "data/train.parquet"
     valid = "data/valid.parquet"
     test  = "data/test.parquet"          # optional
+    fill = false                         # impute missing feature values (train mean; id 0 for embedding ids)
 
     [fusion]
     levels = 3
@@ -36,6 +37,11 @@ Example::
     path = "models/income_sklearn.onnx"
     output = "output_probability"        # which graph output is the task's
     inputs = { native_country = "native-country" }
+
+    [output]
+    path = "fused.onnx"
+    guard_ids = false                    # map ids outside an embedding table to 0 inside the graph
+    external_data = false                # weights in a data file beside the graph (default: only above 2 GiB)
 """
 
 from __future__ import annotations
@@ -104,6 +110,9 @@ class CompileSpec:
     train_components: list[str] = field(default_factory=list)  # "heads" and/or "stems" to unfreeze
     cache_budget_mb: int = 2048  # stem outputs larger than this are memory-mapped from disk
     force: bool = False  # overwrite an existing output
+    fill: bool = False  # impute missing feature values: the train mean for float columns, the unknown id 0 for embedding ids
+    guard_ids: bool = False  # add a guard to the fused graph that maps ids outside an embedding table to 0
+    external_data: bool | None = None  # weights in a data file beside the graph; None: only above protobuf's 2 GiB limit
 
     def validate(self) -> CompileSpec:
         """Check values that do not depend on the models or data; return self.
@@ -140,6 +149,11 @@ class CompileSpec:
         for component in self.train_components:
             if component not in _TRAINABLE:
                 raise SpecError(f"cannot train {component!r}; --train accepts {', '.join(_TRAINABLE)}")
+        for name, value in (("fill", self.fill), ("guard_ids", self.guard_ids)):
+            if not isinstance(value, bool):
+                raise SpecError(f"{name} must be true or false, got {value!r}")
+        if self.external_data is not None and not isinstance(self.external_data, bool):
+            raise SpecError(f"external_data must be true or false, got {self.external_data!r}")
         _assign_source_names(self.sources)
         return self
 
@@ -167,11 +181,24 @@ def _assign_source_names(sources: list[SourceSpec]) -> None:
 
 
 def parse_source_argument(argument: str) -> SourceSpec:
-    """Parse a `TASK=PATH` command-line argument."""
+    """Parse a `TASK=PATH` or `TASK=PATH#OUTPUT` command-line argument.
+
+    OUTPUT names the graph output that is the task's, like `output` in a spec.
+    The text after the last `#` is taken as OUTPUT unless the whole of PATH
+    names an existing file, so a file whose name contains `#` still works.
+    """
     task, sep, path = argument.partition("=")
     if not sep or not task or not path:
         raise SpecError(f"source {argument!r} is not of the form TASK=PATH, e.g. income=models/income_dcn.onnx")
-    return SourceSpec(task=task, path=Path(path))
+    if "#" not in path or Path(path).is_file():
+        return SourceSpec(task=task, path=Path(path))
+    path, _, output = path.rpartition("#")
+    if not path or not output:
+        raise SpecError(
+            f"source {argument!r} is not of the form TASK=PATH#OUTPUT; give both the file and the graph output, "
+            "e.g. income=models/income_sklearn.onnx#probabilities"
+        )
+    return SourceSpec(task=task, path=Path(path), output=output)
 
 
 def _expect(table: dict[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
@@ -238,21 +265,36 @@ def load_spec(path: str | Path) -> CompileSpec:
 
     spec = CompileSpec(sources=sources, tasks=tasks)
     data = document.get("data", {})
+    unknown = sorted(set(data) - {"train", "valid", "test", "fill"})
+    if unknown:
+        raise SpecError(f"{path}: [data] has unknown key {', '.join(unknown)}; known keys are train, valid, test, fill")
     for key in ("train", "valid", "test"):
         if key in data:
             setattr(spec, key, base / _expect(data, key, str, f"{path}: [data]"))
+    if "fill" in data:
+        spec.fill = _expect(data, "fill", bool, f"{path}: [data]")
     options = {**document.get("fusion", {}), **document.get("training", {})}
-    settable = {f.name for f in fields(CompileSpec)} - {"sources", "tasks", "train", "valid", "test", "output"}
+    settable = {f.name for f in fields(CompileSpec)} - {"sources", "tasks", "train", "valid", "test", "output", "fill", "guard_ids", "external_data"}
+    homes = {"fill": "[data]", "guard_ids": "[output]", "external_data": "[output]"}
     for key, value in options.items():
+        if key in homes:
+            raise SpecError(f"{path}: option {key!r} belongs in {homes[key]}, not in [fusion] or [training]")
         if key not in settable:
             raise SpecError(f"{path}: unknown option {key!r}; known options are {', '.join(sorted(settable))}")
         setattr(spec, key, value)
     if "output" in document:
         output = document["output"]
-        if isinstance(output, dict) and "path" in output:
-            spec.output = base / output["path"]
-        else:
+        if not isinstance(output, dict) or not set(output) & {"path", "guard_ids", "external_data"}:
             raise SpecError(f"{path}: [output] needs path = \"fused.onnx\"")
+        unknown = sorted(set(output) - {"path", "guard_ids", "external_data"})
+        if unknown:
+            raise SpecError(f"{path}: [output] has unknown key {', '.join(unknown)}; known keys are path, guard_ids, external_data")
+        if "path" in output:
+            spec.output = base / _expect(output, "path", str, f"{path}: [output]")
+        if "guard_ids" in output:
+            spec.guard_ids = _expect(output, "guard_ids", bool, f"{path}: [output]")
+        if "external_data" in output:
+            spec.external_data = _expect(output, "external_data", bool, f"{path}: [output]")
     return spec
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,13 +34,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from akfc.atomic import write_atomic
+from akfc.atomic import remove_stale_temporaries, write_atomic
+from akfc.errors import SpecError
 from akfc.fusion import FusedModel
 from akfc.metrics import PRIMARY_METRIC, relative_improvement, task_metrics
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "EpochSummary",
+    "LAST_CHECKPOINT",
     "TrainConfig",
     "TrainResult",
     "TrainingSet",
@@ -51,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 LAST_CHECKPOINT = "last.pt"
 
 
@@ -142,8 +146,25 @@ def evaluate(model: FusedModel, data: TrainingSet, kinds: Mapping[str, str], bat
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint written by `train`; only tensors and plain containers are accepted."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by `train`; only tensors and plain containers are accepted.
+
+    torch.load runs with weights_only=True, so a pickled object of any other
+    class is rejected before any of its code runs.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SpecError(
+            f"checkpoint {path} contains pickled objects other than tensors and plain containers, so akfc did not write it "
+            "and did not load it (akfc never runs code from a checkpoint); delete it and rerun without --resume"
+        ) from None
+    except (RuntimeError, EOFError, KeyError):
+        # torch's zip reader raises RuntimeError on a truncated archive, and its pickle fallback EOFError or
+        # KeyError on a file that is not an archive at all.
+        raise SpecError(f"checkpoint {path} is not a readable torch checkpoint (truncated or corrupted); delete it and rerun without --resume") from None
+    if not isinstance(state, dict):
+        raise SpecError(f"checkpoint {path} contains a {type(state).__name__}, not an akfc checkpoint; delete it and rerun without --resume")
+    return state
 
 
 def _summary_line(summary: EpochSummary, kinds: Mapping[str, str]) -> str:
@@ -184,6 +205,8 @@ def train(
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    last_path = checkpoint_dir / LAST_CHECKPOINT
+    remove_stale_temporaries(last_path)
     fingerprint = dict(fingerprint or {})
     # The epoch budget and patience may change between an interrupted run and its resume.
     fingerprint["train"] = {key: value for key, value in asdict(config).items() if key not in ("epochs", "patience")}
@@ -201,14 +224,14 @@ def train(
     start_epoch = 1
 
     # 2. resume from the last finished epoch
-    last_path = checkpoint_dir / LAST_CHECKPOINT
-    if resume and last_path.exists():
+    if resume and not last_path.exists():
+        logger.warning("--resume: no checkpoint %s to resume from; training starts at epoch 1", last_path)
+    elif resume:
         state = load_checkpoint(last_path)
         _check_resumable(state, fingerprint, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        order.set_state(state["rng"]["order"])
+        _set_rng_state(state["rng"], order)
         baseline, best, tasks = state["baseline"], state["best"], state["tasks"]
         for task, entry in tasks.items():
             if not entry["active"]:
@@ -254,7 +277,7 @@ def train(
             "epoch": epoch,
             "model": _cpu_state(model),
             "optimizer": optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "order": order.get_state()},
+            "rng": _rng_state(order),
             "baseline": baseline,
             "best": best,
             "tasks": tasks,
@@ -317,9 +340,40 @@ def _cpu_state(model: nn.Module, names: Sequence[str] | None = None) -> dict[str
     return {name: state[name].detach().to("cpu", copy=True) for name in (state if names is None else names)}
 
 
-def _check_resumable(state: Mapping[str, Any], fingerprint: Mapping[str, Any], path: Path) -> None:
-    from akfc.errors import SpecError
+def _rng_state(order: torch.Generator) -> dict[str, Any]:
+    """Return every random state the next epoch draws from, as tensors and plain values that weights_only loading accepts."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "bit_generator": numpy_state["bit_generator"],
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "python": random.getstate(),
+        "order": order.get_state(),
+    }
 
+
+def _set_rng_state(state: Mapping[str, Any], order: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy_state = state["numpy"]
+    np.random.set_state({
+        "bit_generator": numpy_state["bit_generator"],
+        "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+        "has_gauss": numpy_state["has_gauss"],
+        "gauss": numpy_state["gauss"],
+    })  # fmt: skip
+    random.setstate(state["python"])
+    order.set_state(state["order"])
+
+
+def _check_resumable(state: Mapping[str, Any], fingerprint: Mapping[str, Any], path: Path) -> None:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise SpecError(f"checkpoint {path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}; delete it to start over")
     if state["fingerprint"] != fingerprint:

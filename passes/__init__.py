@@ -17,10 +17,12 @@ The order a source goes through them::
 
 from __future__ import annotations
 
+from akfc.passes.batch_axis import check_batch_axis, fixed_batch_inputs, make_batch_dynamic
 from akfc.passes.dataflow import Dataflow, TensorInfo, analyze
 from akfc.passes.decompose import DEFAULT_LEVELS, Component, Decomposition, Frontier, TensorSpec, decompose
 from akfc.passes.extract import extract_component, extract_components, run_components
 from akfc.passes.flops import node_flops
+from akfc.passes.id_ranges import embedding_limits, guard_ids
 from akfc.passes.load import load_model, validate_model
 from akfc.passes.normalize import (
     KINDS,
@@ -36,6 +38,7 @@ from akfc.passes.normalize import (
     resolve_output,
 )
 from akfc.passes.opset import MIN_OPSET, convert_opset, default_opset, target_opset, unify_opsets
+from akfc.passes.training_mode import check_inference_mode
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -49,15 +52,21 @@ __all__ = [
     "TensorInfo",
     "TensorSpec",
     "analyze",
+    "check_batch_axis",
+    "check_inference_mode",
     "convert_opset",
     "decompose",
     "default_opset",
+    "embedding_limits",
     "expose_logit",
     "extract_component",
     "extract_components",
+    "fixed_batch_inputs",
     "fold_constants",
+    "guard_ids",
     "infer_kind",
     "load_model",
+    "make_batch_dynamic",
     "name_nodes",
     "node_flops",
     "normalize",

@@ -82,15 +82,75 @@ def validate_model(model: onnx.ModelProto, *, output: str | None = None, origin:
 
 
 def _parse(data: bytes, origin: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelError(f"{origin}: the file is empty (0 bytes); export or copy the model again")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
     except DecodeError as error:
+        cut = _truncated_field(data)
+        if cut is not None:
+            raise ModelError(
+                f"{origin}: the ONNX file is truncated: it ends inside field {cut[0]!r} of the model, which declares "
+                f"{cut[1]} bytes when only {cut[2]} follow ({len(data)} bytes in all); copy or export the model again"
+            ) from error
         raise ModelError(f"{origin}: not an ONNX model (protobuf decoding failed: {error})") from error
     # Arbitrary bytes can decode as an empty or unrelated protobuf message.
+    if model.ir_version > 0 and not model.HasField("graph"):
+        raise ModelError(
+            f"{origin}: the ONNX model has an IR version but no graph ({len(data)} bytes), so the file may be truncated; "
+            "copy or export the model again"
+        )
     if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
         raise ModelError(f"{origin}: not an ONNX model (no IR version, graph or graph output)")
     return model
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int] | None:
+    """Decode a protobuf varint at `position`; return (value, next position), or None when the data ends inside it."""
+    value, shift = 0, 0
+    while position < len(data):
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position += 1
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+    return None
+
+
+def _truncated_field(data: bytes) -> tuple[str, int, int] | None:
+    """Walk the top-level fields of a ModelProto; return (field, declared bytes, remaining bytes) when the data ends inside one.
+
+    None when the top level is complete (the damage is further inside) or a
+    field is not one of ModelProto's, so the bytes are likely not ONNX at all.
+    """
+    fields = onnx.ModelProto.DESCRIPTOR.fields_by_number
+    position = 0
+    while position < len(data):
+        tag = _read_varint(data, position)
+        if tag is None:
+            return None
+        key, position = tag
+        field, wire_type = fields.get(key >> 3), key & 0x7
+        if field is None:
+            return None
+        if wire_type == 0:
+            value = _read_varint(data, position)
+            if value is None:
+                return field.name, 1, 0
+            position = value[1]
+        elif wire_type == 2:
+            length = _read_varint(data, position)
+            if length is None:
+                return field.name, 1, 0
+            size, position = length
+            if position + size > len(data):
+                return field.name, size, len(data) - position
+            position += size
+        else:
+            return None  # ModelProto has no fixed-width or group fields
+    return None
 
 
 def _iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

@@ -6,11 +6,15 @@
 2. ``resolve_output``: pick the task output among the graph outputs;
 3. ``prune``: keep only what the task output needs (other outputs, dead nodes,
    unused inputs and initializers go);
-4. ``remove_identities``: drop Identity and inference-time Dropout nodes;
-5. ``fold_constants``: evaluate every node whose inputs are all constant;
-6. ``expose_logit``: find the terminal activation (Sigmoid, Softmax,
+4. ``check_inference_mode``: reject BatchNormalization and Dropout in training
+   mode; with ``dynamic_batch``, ``make_batch_dynamic`` frees a batch axis the
+   export fixed;
+5. ``remove_identities``: drop Identity and inference-time Dropout nodes;
+6. ``fold_constants``: evaluate every node whose inputs are all constant, then
+   ``check_batch_axis``: reject a constant shape that fixes the batch size;
+7. ``expose_logit``: find the terminal activation (Sigmoid, Softmax,
    LogSoftmax or none) and add the tensor before it as a second graph output;
-7. ``name_nodes`` and ``prefix_names``: unique node names, then every name
+8. ``name_nodes`` and ``prefix_names``: unique node names, then every name
    prefixed with the source id.
 
 The task kind is inferred from the activation (Sigmoid: binary, Softmax:
@@ -32,9 +36,11 @@ import onnx_graphsurgeon as gs
 
 from akfc.errors import ModelError
 from akfc.passes._checks import check_emitted
+from akfc.passes.batch_axis import check_batch_axis, make_batch_dynamic
 from akfc.passes.dataflow import node_input_names, unique_name
 from akfc.passes.ml_shapes import complete_ml_shapes
 from akfc.passes.output_rank import add_class_axis
+from akfc.passes.training_mode import check_inference_mode
 
 __all__ = [
     "KINDS",
@@ -90,6 +96,7 @@ def normalize(
     output: str | None = None,
     kind: str | None = None,
     origin: str = "model",
+    dynamic_batch: bool = False,
 ) -> NormalizedSource:
     """Normalise a loaded source; the input model is not modified.
 
@@ -100,6 +107,8 @@ def normalize(
         output: the task output, by name; see ``resolve_output``.
         kind: overrides the inferred task kind ("binary", "multiclass", "regression").
         origin: names the model in errors and logs.
+        dynamic_batch: make a batch size that the graph inputs fix dynamic
+            (see ``make_batch_dynamic``); without it, a fixed batch size stays.
 
     Returns:
         The normalised model, which passes the full checker and strict shape
@@ -114,26 +123,31 @@ def normalize(
     work = onnx.inliner.inline_local_functions(model) if model.functions else _copy(model)
     original_inputs = [value.name for value in work.graph.input]
 
-    # 2-5. task output, pruning, identities, constants
+    # 2-6. task output, pruning, training mode, batch axis, identities, constants
     # skl2onnx's Scaler and friends get no shapes from ONNX inference, and pruning needs them; constant
     # folding drops value_info, so they are added again after it.
     work = complete_ml_shapes(work)
     task_output = resolve_output(work, output, origin=origin)
     work = prune(work, [task_output], origin=origin)
+    check_inference_mode(work, origin=origin)
+    if dynamic_batch:
+        # Before folding: with a fixed batch size, folding would turn Shape(x)[0] into that number.
+        work = make_batch_dynamic(work, origin=origin)
     work = remove_identities(work)
     work = complete_ml_shapes(fold_constants(work))
+    check_batch_axis(work, origin=origin)
 
-    # 6. terminal activation and logit
+    # 7. terminal activation and logit
     work, logit, activation = expose_logit(work, task_output)
     inferred_kind = infer_kind(work, task_output, activation)
 
-    # 6b. the fusion mixes [batch, C] outputs; a squeezed [batch] output and its logit get the class axis back
+    # 7b. the fusion mixes [batch, C] outputs; a squeezed [batch] output and its logit get the class axis back
     work, renamed = add_class_axis(work, [task_output] if logit is None else [task_output, logit])
     task_output, logit = renamed[task_output], renamed[logit] if logit is not None else None
     if kind is not None and kind != inferred_kind:
         logger.info("%s: task kind %s given, overriding the inferred %s", origin, kind, inferred_kind)
 
-    # 7. names
+    # 8. names
     work = name_nodes(work)
     input_names = {name: name for name in original_inputs if name in {value.name for value in work.graph.input}}
     if source_id is not None:
@@ -212,7 +226,8 @@ def resolve_output(model: onnx.ModelProto, output: str | None = None, *, origin:
             found = "none of them holds" if not scores else f"{len(scores)} of them hold"
             raise ModelError(
                 f"{origin}: the graph has {len(graph.output)} outputs ({listing}) and {found} floating-point scores; "
-                "name the task output: output = NAME in the source's [[source]] table of a compile spec, or --output NAME for akfc inspect"
+                "name the task output: TASK=PATH#NAME on the akfc compile command line, output = NAME in the source's [[source]] "
+                "table of a compile spec, or --output NAME for akfc inspect"
             )
         chosen = scores[0]
 

@@ -9,6 +9,7 @@ attribute to an input in opset 18).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 
 import onnx
@@ -22,6 +23,8 @@ __all__ = ["MIN_OPSET", "convert_opset", "default_opset", "target_opset", "unify
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 17  # LayerNormalization is a primitive from 17 on; both torch exporters emit at least this
+# e.g. "/project/onnx/version_converter/BaseConverter.h:66: adapter_lookup: Assertion `false` failed: "
+_ASSERTION_PREFIX = re.compile(r"^\S+:\d+: \w+: Assertion `.*?` failed: ")
 
 
 def default_opset(model: onnx.ModelProto) -> int | None:
@@ -84,9 +87,11 @@ def _convert(model: onnx.ModelProto, current: int, opset: int, origin: str) -> o
     except Exception as error:  # noqa: BLE001 -- the converter raises bare RuntimeError/IndexError; rewrap with the blocking op
         failed_at, blocking = _find_blocking_step(model, current, opset)
         ops = ", ".join(blocking) or "an op whose schema changed"
+        # The converter's C++ assertions start with a source location that means nothing to a user.
+        reason = _ASSERTION_PREFIX.sub("", str(error))
         raise ModelError(
             f"{origin}: cannot convert from opset {current} to {opset}: the version converter fails at opset "
-            f"{failed_at} on {ops} ({error}); re-export the model at opset {opset}"
+            f"{failed_at} on {ops} ({reason}); re-export the model at opset {opset}"
         ) from error
 
 

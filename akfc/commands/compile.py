@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from akfc.commands.eval import print_metrics
+from akfc.pipeline import checkpoint_folder
 from akfc.pipeline import compile as compile_spec
-from akfc.errors import SpecError
+from akfc.errors import AkfcError, SpecError
 from akfc.spec import CompileSpec, load_spec, merge_flags, parse_source_argument
+from akfc.train import LAST_CHECKPOINT
 
 __all__ = ["register", "spec_from_args"]
 
@@ -23,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fuse trained single-task ONNX models into one multi-task ONNX graph. Give a TOML spec, "
         "TASK=PATH sources, or both (flags override the spec).",
     )
-    parser.add_argument("sources", nargs="+", metavar="SPEC | TASK=PATH", help="a TOML spec file and/or sources as TASK=PATH")
+    parser.add_argument(
+        "sources", nargs="+", metavar="SPEC | TASK=PATH[#OUTPUT]",
+        help="a TOML spec file and/or sources as TASK=PATH; TASK=PATH#OUTPUT also names the graph output that is the "
+        "task's, for a model with several outputs (the text after the last '#', unless PATH itself is an existing file)",
+    )  # fmt: skip
     parser.add_argument("-o", "--output", help="fused ONNX file to write (default fused.onnx); report.json/.md/.png go beside it")
     parser.add_argument("--train", help="training table (CSV or Parquet)")
     parser.add_argument("--valid", help="validation table, for early stopping and the parity check")
@@ -44,7 +51,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-components", dest="train_components", action="append", choices=("heads", "stems"), help="also train these source components (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted compile from its last checkpoint")
     parser.add_argument("--force", action="store_true", default=None, help="overwrite an existing output")
-    parser.set_defaults(func=_compile)
+    parser.add_argument(
+        "--fill", action="store_true", default=None,
+        help="impute empty, NaN and infinite feature values instead of rejecting them: a float column gets its mean over "
+        "the train split, an embedding-id column the unknown id 0 (which must be the id the sources were trained with "
+        "for unknown values). The values are stored in the fused graph, and akfc run and eval impute them too. "
+        "Labels, text columns and other integer columns are never imputed",
+    )  # fmt: skip
+    parser.add_argument(
+        "--guard-ids", dest="guard_ids", action="store_true", default=None,
+        help="add nodes to the fused graph that map ids outside an embedding table to 0, for serving with onnxruntime "
+        "directly; akfc compile, run and eval still reject such ids",
+    )  # fmt: skip
+    parser.add_argument(
+        "--external-data", dest="external_data", action="store_true", default=None,
+        help="store the fused graph's weights in a data file beside it (OUTPUT.<16 hex digits>.data); "
+        "without it, only a graph above protobuf's 2 GiB limit is stored that way",
+    )  # fmt: skip
+    parser.set_defaults(func=_compile, interrupted=_resume_hint)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -82,6 +106,9 @@ def spec_from_args(args: argparse.Namespace) -> CompileSpec:
         "device": args.device,
         "train_components": args.train_components,
         "force": args.force,
+        "fill": args.fill,
+        "guard_ids": args.guard_ids,
+        "external_data": args.external_data,
     }
     spec = merge_flags(spec, **flags)
     spec.validate()
@@ -123,3 +150,16 @@ def _compile(args: argparse.Namespace) -> int:
         print_metrics(result.report, f"{result.output.name} ({result.report['split']} split)")
         print(f"wrote {', '.join(str(path) for path in result.files)}")
     return 0
+
+
+def _resume_hint(args: argparse.Namespace, command: list[str]) -> str:
+    """Return where an interrupted compile left its last checkpoint and the command that continues from it."""
+    try:
+        spec = spec_from_args(args)
+    except AkfcError:
+        return "no checkpoint was written"
+    checkpoint = checkpoint_folder(spec.output) / LAST_CHECKPOINT
+    if not checkpoint.is_file():
+        return f"no epoch had finished, so there is no checkpoint to resume from; run the same command again to start over: {shlex.join(command)}"
+    resume = command if "--resume" in command else [*command, "--resume"]
+    return f"the last finished epoch is saved in {checkpoint}; continue from it with: {shlex.join(resume)}"

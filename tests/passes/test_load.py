@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,34 @@ def test_load_rejects_text_file(tmp_path):
     path.write_text("age,income\n39,0\n")
     with pytest.raises(ModelError, match=f"{path}: not an ONNX model"):
         load_model(path)
+
+
+def test_load_rejects_truncated_file(chain, tmp_path):
+    data = chain.SerializeToString()
+    path = tmp_path / "chain.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    graph = chain.graph.SerializeToString()
+    graph_size, remaining = len(graph), len(data) // 2 - data.find(graph)
+    message = (
+        f"{path}: the ONNX file is truncated: it ends inside field 'graph' of the model, which declares {graph_size} "
+        f"bytes when only {remaining} follow ({len(data) // 2} bytes in all); copy or export the model again"
+    )
+    with pytest.raises(ModelError, match=f"^{re.escape(message)}$"):
+        load_model(path)
+
+
+def test_load_rejects_empty_file(tmp_path):
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ModelError, match=f"^{re.escape(str(path))}: the file is empty \\(0 bytes\\); export or copy the model again$"):
+        load_model(path)
+
+
+def test_load_rejects_model_without_graph(chain):
+    # Cut right after the first fields: what is left parses, but the graph is gone.
+    header = onnx.ModelProto(ir_version=chain.ir_version, producer_name="pytorch").SerializeToString()
+    with pytest.raises(ModelError, match=r"^model bytes: the ONNX model has an IR version but no graph \(\d+ bytes\), so the file may be truncated"):
+        load_model(header)
 
 
 def test_load_rejects_missing_file(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -9,7 +11,7 @@ import onnx.version_converter
 import pytest
 
 from akfc.errors import ModelError
-from akfc.passes import MIN_OPSET, convert_opset, default_opset, target_opset, unify_opsets
+from akfc.passes import MIN_OPSET, convert_opset, default_opset, load_model, target_opset, unify_opsets
 
 
 def _reduce_mean_model(opset: int) -> onnx.ModelProto:
@@ -75,6 +77,37 @@ def test_convert_names_blocking_op(monkeypatch):
     assert "fails at opset 18 on ReduceMean (changed in opset 18)" in message
     assert "Relu" not in message
     assert "No Adapter For ReduceMean" in message
+
+
+def test_convert_real_failure_names_op():
+    # Pad-1 took its padding as the attribute `paddings`; onnx has no adapter from it to Pad-2.
+    model = onnx.parser.parse_model("""
+<ir_version: 3, opset_import: ["" : 1]>
+old (float[N, 2] x) => (float[N, 4] y)
+{
+    y = Pad<paddings=[0, 1, 0, 1]>(x)
+}
+""")
+    model = load_model(model.SerializeToString())
+    message = (
+        "old.onnx: cannot convert from opset 1 to 18: the version converter fails at opset 2 on Pad (changed in "
+        "opset 2) (No Adapter From Version $1 for Pad); re-export the model at opset 18"
+    )
+    with pytest.raises(ModelError, match=f"^{re.escape(message)}$"):
+        convert_opset(model, 18, origin="old.onnx")
+
+
+def test_convert_symbolic_broadcast_failure():
+    # Mul-1 broadcast by attribute; converting it to Mul-7 needs static dims, and N is symbolic.
+    model = onnx.parser.parse_model("""
+<ir_version: 3, opset_import: ["" : 1]>
+old (float[N, 2] x) => (float[N, 2] y)
+{
+    y = Mul(x, x)
+}
+""")
+    with pytest.raises(ModelError, match=r"^old.onnx: cannot convert from opset 1 to 18: the version converter fails at opset 7 on Mul \(changed in opset 7\) \(N Dimension is a param instead of an int.\)"):
+        convert_opset(load_model(model.SerializeToString()), 18, origin="old.onnx")
 
 
 def test_unify_opsets(chain):
