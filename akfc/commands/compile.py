@@ -14,7 +14,7 @@ from akfc.pipeline import checkpoint_folder
 from akfc.pipeline import compile as compile_spec
 from akfc.errors import AkfcError, SpecError
 from akfc.spec import CompileSpec, load_spec, merge_flags, parse_source_argument
-from akfc.train import LAST_CHECKPOINT
+from akfc.train import LAST_CHECKPOINT, load_checkpoint
 
 __all__ = ["register", "spec_from_args"]
 
@@ -132,7 +132,7 @@ def _compile(args: argparse.Namespace) -> int:
     )
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=args.quiet) as bars:
-        state = {"task": None, "epoch": 1}
+        state = {"task": None, "epoch": _first_epoch(spec) if args.resume else 1}
 
         def progress(done: int, total: int) -> None:
             if state["task"] is None:
@@ -150,6 +150,14 @@ def _compile(args: argparse.Namespace) -> int:
         print_metrics(result.report, f"{result.output.name} ({result.report['split']} split)")
         print(f"wrote {', '.join(str(path) for path in result.files)}")
     return 0
+
+
+def _first_epoch(spec: CompileSpec) -> int:
+    """Return the epoch a resumed compile starts with: the one after its checkpoint's, or 1 without one."""
+    checkpoint = checkpoint_folder(spec.output) / LAST_CHECKPOINT
+    if not checkpoint.is_file():
+        return 1
+    return int(load_checkpoint(checkpoint)["epoch"]) + 1
 
 
 def _resume_hint(args: argparse.Namespace, command: list[str]) -> str:
