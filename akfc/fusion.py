@@ -95,11 +95,20 @@ class IdentityBlock(nn.Module):
 
 
 class _InterTaskLayer(nn.Module):
-    """Pre-norm Transformer encoder layer over the T task tokens that returns its attention too."""
+    """Pre-norm Transformer encoder layer over the T task tokens that returns its attention too.
+
+    The parameters are those of ``nn.MultiheadAttention``, so checkpoints keep
+    their keys, but the attention is computed here. T is a handful of tokens,
+    so a score is an elementwise product of query and key, summed per head by
+    a constant 0/1 matrix. Exported to ONNX, that is a few broadcast Mul and
+    MatMul nodes. The batched form, B x nh products of tiny matrices, costs
+    onnxruntime a chain of Transposes and slow per-head MatMuls.
+    """
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
         d = config.width
+        self.dropout = config.dropout
         self.norm_attention = nn.LayerNorm(d)
         self.attention = nn.MultiheadAttention(d, config.heads, dropout=config.dropout, batch_first=True)
         self.norm_ffn = nn.LayerNorm(d)
@@ -109,13 +118,27 @@ class _InterTaskLayer(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.ffn_multiplier * d, d),
         )
+        head_size = d // config.heads
+        # membership[i, h] = 1 when feature i belongs to head h.
+        membership = (torch.arange(d).unsqueeze(1) // head_size == torch.arange(config.heads)).float()  # (D, nh)
+        self.register_buffer("head_scores", membership / math.sqrt(head_size), persistent=False)
+        self.register_buffer("head_features", membership.T.contiguous(), persistent=False)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.norm_attention(tokens)  # (B, T, D)
-        mixed, attention = self.attention(h, h, h, need_weights=True, average_attn_weights=True)  # attention: (B, T, T)
-        tokens = tokens + mixed
-        tokens = tokens + self.ffn(self.norm_ffn(tokens))
-        return tokens, attention
+        """Return the mixed tokens (B, T, D) and the attention averaged over heads (B, T_query, T_key)."""
+        t, d = tokens.shape[1:]
+        x = tokens.reshape(-1, d)  # (B*T, D): the linear layers run as plain 2-D products
+        h = self.norm_attention(x)
+        # Three products rather than one split three ways: onnxruntime copies every output of a Split.
+        weight, bias = self.attention.in_proj_weight, self.attention.in_proj_bias
+        q, k, v = (nn.functional.linear(h, weight[i * d : (i + 1) * d], bias[i * d : (i + 1) * d]) for i in range(3))  # (B*T, D) each
+        scores = (q.view(-1, t, 1, d) * k.view(-1, 1, t, d)) @ self.head_scores  # (B, T, T, nh): query, key, head
+        weights = torch.softmax(scores, dim=2)
+        dropped = nn.functional.dropout(weights, self.dropout, self.training)
+        mixed = ((dropped @ self.head_features) * v.view(-1, 1, t, d)).sum(dim=2)  # (B, T, D)
+        x = x + self.attention.out_proj(mixed.view(-1, d))
+        x = x + self.ffn(self.norm_ffn(x))
+        return x.view(-1, t, d), weights.mean(dim=-1)
 
 
 class AKFLevel(nn.Module):
@@ -184,6 +207,7 @@ class AKFLevel(nn.Module):
             z.append(self.projections[m](torch.cat(flat, dim=1)))
 
         # 2. intra-task gates: u_t (B, D)
+        d = self.task_embeddings.shape[1]
         tokens, gate_weights = [], []
         for task, sources in enumerate(self.task_sources):
             if not sources:
@@ -195,21 +219,28 @@ class AKFLevel(nn.Module):
                 tokens.append(z[sources[0]])
                 gate_weights.append(torch.ones_like(z[sources[0]][:, :1]))
                 continue
-            stacked = torch.stack([z[m] for m in sources], dim=1)  # (B, M_t, D)
-            weights = torch.softmax(self.gates[str(task)](stacked.flatten(1)), dim=-1)  # (B, M_t)
-            tokens.append((weights.unsqueeze(-1) * stacked).sum(dim=1))
+            weights = torch.softmax(self.gates[str(task)](torch.cat([z[m] for m in sources], dim=1)), dim=-1)  # (B, M_t)
+            # A sum of products, not a reduction over a (B, M_t, D) stack: onnxruntime reduces a middle axis slowly.
+            weighted = [w * z[m] for w, m in zip(weights.split(1, dim=1), sources)]
+            tokens.append(sum(weighted[1:], weighted[0]))
             gate_weights.append(weights)
 
         # 3. inter-task attention over the task tokens: v (B, T, D)
-        v, attention = self.inter_task(torch.stack(tokens, dim=1) + self.task_embeddings)
+        t = len(self.task_sources)
+        v, attention = self.inter_task((torch.cat(tokens, dim=1) + self.task_embeddings.flatten()).view(-1, t, d))
 
         # 4. feedback into every float tensor of each source's frontier
+        per_task = v.reshape(-1, t * d).split(d, dim=1)  # T tensors (B, D)
         fed_back = []
         for m, frontier in enumerate(frontiers):
-            v_m = v[:, self.source_tasks[m]]
+            v_m = per_task[self.source_tasks[m]]
             out = []
             for tensor, shape, is_float, adapter in zip(frontier, self.shapes[m], self.is_float[m], self.adapters[m]):
-                out.append(tensor + adapter(v_m).view(-1, *shape).to(tensor.dtype) if is_float else tensor)
+                if not is_float:
+                    out.append(tensor)
+                    continue
+                feedback = adapter(v_m)  # (B, W)
+                out.append(tensor + (feedback.view(-1, *shape) if len(shape) != 1 else feedback).to(tensor.dtype))
             fed_back.append(tuple(out))
         return fed_back, gate_weights, attention
 
@@ -254,12 +285,25 @@ class TaskMixture(nn.Module):
         return torch.logsumexp(log_weights + self._log_probabilities(head_outputs), dim=0)
 
     def forward(self, head_outputs: Sequence[Tensor]) -> Tensor:
-        """Compute the task output: P(class 1) (B, 1) for binary, probabilities (B, C) for multiclass, values (B, 1) for regression."""
+        """Compute the task output: P(class 1) (B, 1) for binary, probabilities (B, C) for multiclass, values (B, 1) for regression.
+
+        This is the weighted sum of the sources' outputs itself, not the
+        exponential of ``log_probability``. Both are equal up to rounding, and
+        the sum exports to a few nodes instead of a log, logsumexp and exp per source.
+        """
+        columns = [self._contribution(output, kind) for output, kind in zip(head_outputs, self.source_outputs)]
+        weights = self.weights()
+        if columns[0].shape[-1] == 1:
+            return torch.cat(columns, dim=-1) @ weights.unsqueeze(1)  # (B, M_t) @ (M_t, 1)
+        return torch.stack(columns, dim=-1) @ weights  # (B, C, M_t) @ (M_t,)
+
+    def _contribution(self, output: Tensor, kind: str) -> Tensor:
+        """Return what one source adds to the mixture: P(class 1) (B, 1) for binary, probabilities (B, C) for multiclass, values for regression."""
         if self.kind == "regression":
-            weights = self.weights()
-            return sum(w * y for w, y in zip(weights, head_outputs))
-        probabilities = self.log_probability(head_outputs).exp()
-        return probabilities[:, 1:] if self.kind == "binary" else probabilities
+            return output
+        if kind == "logit":
+            return torch.sigmoid(output) if self.kind == "binary" else torch.softmax(output, dim=-1)
+        return output[..., 1:] if self.kind == "binary" and output.shape[-1] == 2 else output
 
 
 @dataclass

@@ -12,6 +12,12 @@ torch and spliced in with onnx-graphsurgeon:
    of a later component that read a frontier tensor reads the fed-back one;
 3. the mixture graph reads the heads' outputs and writes one output per task.
 
+An adapter whose weight and bias are still all zero adds exactly nothing.
+That happens when its task stopped improving before training moved it. Its
+frontier tensor is then not rewired, so its nodes are dropped, and a level
+whose adapters are all zero is left out whole. A fused model that never beat
+its starting point thus compiles to its sources and their mixture alone.
+
 A head-only source (no interior frontier) is one component that ends at its
 task output. No level reads or changes it, so only the mixture reads its output.
 String columns (raw categoricals) are graph inputs of type string like any other.
@@ -33,6 +39,7 @@ import onnx
 import onnx.compose
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
+import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 
@@ -52,6 +59,9 @@ _WIDENS_TO = {
     np.dtype(np.float32): {np.dtype(np.float64)},
     np.dtype(np.bool_): {np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32)},
 }
+
+# Size limit, in elements, for folding constants in exported AKF graphs: none, because the folded tensors are weights.
+_FOLD_ANY_SIZE = 1 << 40
 
 
 @dataclass
@@ -94,8 +104,10 @@ def export_module(module: nn.Module, example: Sequence[Tensor], input_names: Seq
             dynamic_shapes=(tuple({0: batch} for _ in example),),
             verbose=False,
         )
-    model = program.model_proto
-    return model
+    # The exporter folds constants of up to 8192 elements only (onnxscript 0.7), so slices of larger
+    # weight matrices, such as the attention's in-projection cut into query, key and value, would
+    # stay nodes. Fold them all into initializers.
+    return onnxscript.optimizer.optimize(program.model_proto, input_size_limit=_FOLD_ANY_SIZE, output_size_limit=_FOLD_ANY_SIZE)
 
 
 class _LevelGraph(nn.Module):
@@ -333,23 +345,26 @@ def recompile(
 
     # 1. one AKF graph per level, spliced between the blocks
     for k, level in enumerate(model.levels, start=1):
-        reads, writes, example = [], [], []
-        for m in model.fused_sources:
+        reads, writes, example, fed = [], [], [], []
+        for fused_index, m in enumerate(model.fused_sources):
             layout = layouts[m]
-            floats = _float_frontier(layout.model, layout.frontiers[k])
-            for name in floats:
+            position = {name: j for j, name in enumerate(layout.frontiers[k])}
+            for name in _float_frontier(layout.model, layout.frontiers[k]):
+                # An adapter still at its zero start adds exactly nothing: later components keep reading the block's own output.
+                live = _adapter_is_live(level.adapters[fused_index][position[name]])
                 reads.append(current[m][name])
-                writes.append((current[m][name], later_nodes[k][m]))
-            position = {name: i for i, name in enumerate(layout.frontiers[k])}
-            example.extend(example_frontiers[k - 1][m][position[name]] for name in floats)
+                writes.append((current[m][name], later_nodes[k][m] if live else set()))
+                example.append(example_frontiers[k - 1][m][position[name]])
+                fed.append((m, name) if live else None)
+        if not any(fed):
+            logger.info("level %d: every adapter is zero, so the level adds nothing and is left out", k)
+            continue
         names = [f"in{i}" for i in range(len(reads))]
         piece = export_module(_LevelGraph(level), example, names, [f"out{i}" for i in range(len(reads))], opset)
         outputs = _splice(graph, piece, f"akf/level{k}", reads, writes)
-        i = 0
-        for m in model.fused_sources:
-            for name in _float_frontier(layouts[m].model, layouts[m].frontiers[k]):
-                current[m][name] = outputs[i]
-                i += 1
+        for target, output in zip(fed, outputs):
+            if target is not None:
+                current[target[0]][target[1]] = output
 
     # 2. the task mixtures over the heads' outputs
     heads = [layout.head_output for layout in layouts]
@@ -372,6 +387,11 @@ def recompile(
     del fused.opset_import[:]
     fused.opset_import.extend(assembled.opset_import)
     return fused
+
+
+def _adapter_is_live(adapter: nn.Module) -> bool:
+    """Return whether a feedback adapter can add anything: False while its weight and bias are still all zero."""
+    return any(bool(parameter.detach().any()) for parameter in adapter.parameters())
 
 
 def _head_examples(model: FusedModel, level_frontiers: Sequence[Sequence[Tensor]]) -> list[Tensor]:
