@@ -9,19 +9,22 @@ AKFC := $(VENV)/bin/akfc
 # The onnxruntime build: gpu when nvidia-smi lists a GPU, else cpu.
 RUNTIME := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo gpu || echo cpu)
 INSTALL_KEY := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
-STAMP := $(VENV)/.installed-$(RUNTIME)-$(INSTALL_KEY)
+# One stamp per installed set of extras, named after them (dev-bench installs .[RUNTIME,dev,bench]).
+STAMP := $(VENV)/.installed-$(RUNTIME)-dev-$(INSTALL_KEY)
+BENCH_STAMP := $(VENV)/.installed-$(RUNTIME)-dev-bench-$(INSTALL_KEY)
+COMMA := ,
 OUT ?= out
 SOURCES := $(OUT)/sources
 FUSED := $(OUT)/fused
 JOBS ?= 2
 
-.PHONY: demo test test-fast data sources clean
+.PHONY: demo test test-fast fuzz data sources bench bench-quick clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(VENV)/.installed-$(RUNTIME)-%-$(INSTALL_KEY): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(RUNTIME),dev]'
-	@rm -f $(VENV)/.installed-*
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(RUNTIME),$(subst -,$(COMMA),$*)]'
+	@find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '.installed-$(RUNTIME)-*-$(INSTALL_KEY)' -delete
 	@touch $@
 
 # Prepared data and source models are rebuilt only when their inputs change.
@@ -57,6 +60,20 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m 'not slow'
+
+# The compile fuzz test with more examples than `make test` runs (200), on one process so that the statistics print.
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(STAMP)
+	AKFC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -p no:xdist --hypothesis-show-statistics
+
+# Benchmarks against the targets in docs/benchmarks.md: results and summary.md go to benchmarks/results/.
+# `make bench` is sized for at most 45 minutes on 2 cores; QUICK=1 (or bench-quick) runs reduced sizes in a few minutes.
+QUICK ?=
+bench: sources $(BENCH_STAMP)
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick)
+
+bench-quick:
+	$(MAKE) bench QUICK=1
 
 clean:
 	rm -rf $(OUT)
