@@ -33,6 +33,7 @@ from torch_rechub.models.multi_task import AITM, MMOE, PLE, SharedBottom
 
 from akfc.data import read_table
 from akfc.metrics import relative_improvement, task_metrics
+from akfc.train import make_optimizer
 
 __all__ = [
     "MULTI_TASK_PEERS",
@@ -205,7 +206,7 @@ def train_peer(
     started = time.perf_counter()
     kinds = {task: "binary" for task in tasks}
     targets = {task: torch.from_numpy(np.asarray(train.labels[task], dtype=np.float32)) for task in tasks}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(list(model.parameters()), lr=config.lr, weight_decay=config.weight_decay)
     order = torch.Generator().manual_seed(seed)
 
     # 1. the starting point, as akfc measures it: validation metrics before any step

@@ -45,6 +45,7 @@ import onnx
 import torch
 from torch import nn
 
+from akfc.train import make_optimizer
 from benchmarks.common import bench_env, machine, machine_line, python_command, run_measured, save_figure, say, write_results
 
 __all__ = ["main"]
@@ -98,7 +99,7 @@ def _akf_worker(args: argparse.Namespace) -> dict[str, Any]:
                     wrapped += 1
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
+        optimizer = make_optimizer(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
 
         def step(index: torch.Tensor) -> None:
             frontiers, labels = train_set.rows(index)
@@ -133,7 +134,7 @@ def _mmoe_worker(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_peer("mmoe", features, len(tasks), width)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = make_optimizer(list(model.parameters()), lr=1e-3, weight_decay=1e-4)
     targets = {task: torch.from_numpy(np.asarray(train.labels[task], dtype=np.float32)) for task in tasks}
 
     def step(index: torch.Tensor) -> None:
