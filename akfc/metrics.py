@@ -45,8 +45,10 @@ def task_metrics(kind: str, labels: np.ndarray, predictions: np.ndarray) -> dict
         # Renormalise: float32 probabilities may sum to 1 only within rounding, which sklearn rejects.
         p = np.clip(predictions, _EPSILON, 1.0)
         p = p / p.sum(axis=1, keepdims=True)
+        # With two classes sklearn's one-vs-rest path turns into its binary one, which takes P(class 1) only.
+        scores = p[:, 1] if len(classes) == 2 else p
         return {
-            "auc": float(sk_metrics.roc_auc_score(labels, p, multi_class="ovr", average="macro", labels=classes)),
+            "auc": float(sk_metrics.roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=classes)),
             "logloss": float(sk_metrics.log_loss(labels, p, labels=classes)),
             "accuracy": float(np.mean(p.argmax(axis=1) == labels)),
         }

@@ -348,7 +348,11 @@ def _prepare_sources(spec: CompileSpec) -> list[_Source]:
         origin = str(source.path)
         normalized = normalize(model, source.name, output=source.output, kind=spec.tasks[source.task].kind, origin=origin, dynamic_batch=True)
         frontiers = _user_frontiers(normalized.model, source) if source.boundaries else None
-        decomposition = decompose(normalized.model, levels=spec.levels, frontiers=frontiers)
+        try:
+            decomposition = decompose(normalized.model, levels=spec.levels, frontiers=frontiers)
+        except ModelError as error:
+            # decompose receives a model, not a file, so its messages lack the source path.
+            raise ModelError(f"{origin}: {error}") from None
         head_output, mode, kind = _task_output(normalized, spec.tasks[source.task].kind)
         head_only = all(component.identity for component in decomposition.components[:-1])
         if head_only:
@@ -545,6 +549,7 @@ def _column_dtype(column: str, readers: Sequence[tuple[_Source, str, InputSignat
     names the row; otherwise a ModelError names two readers whose types conflict.
     """
     dtypes = list(dict.fromkeys(signature.dtype for _, _, signature in readers))
+    _reject_mixed_float_precisions(column, readers)
     for candidate in dtypes:
         if all(dtype == candidate or dtype in _WIDENS_TO.get(candidate, set()) for dtype in dtypes):
             return candidate
@@ -557,15 +562,42 @@ def _column_dtype(column: str, readers: Sequence[tuple[_Source, str, InputSignat
 
     pairs = [(x, y) for i, x in enumerate(readers) for y in readers[i + 1 :] if not convertible(x[2].dtype, y[2].dtype)]
     (first, first_input, first_signature), (second, second_input, second_signature) = pairs[0] if pairs else (readers[0], readers[-1])
-    if first is second:
-        readers_text = f"source {first.spec.name!r} ({first.spec.path}) reads column {column!r} through two graph inputs"
-    else:
-        readers_text = f"sources {first.spec.name!r} ({first.spec.path}) and {second.spec.name!r} ({second.spec.path}) both read column {column!r}"
+    readers_text = _readers_text(column, first, second)
     raise ModelError(
         f"{readers_text}: graph input {first_input!r} as {first_signature.dtype} and graph input {second_input!r} as "
         f"{second_signature.dtype}. The fused graph has one input per column, and neither type converts to the other "
         "without loss. Re-export one model with the other's input type, or bind one input to another column with "
         f"inputs = {{ {second_input} = \"COLUMN\" }} in its [[source]] table"
+    )
+
+
+def _readers_text(column: str, first: _Source, second: _Source) -> str:
+    if first is second:
+        return f"source {first.spec.name!r} ({first.spec.path}) reads column {column!r} through two graph inputs"
+    return f"sources {first.spec.name!r} ({first.spec.path}) and {second.spec.name!r} ({second.spec.path}) both read column {column!r}"
+
+
+def _reject_mixed_float_precisions(column: str, readers: Sequence[tuple[_Source, str, InputSignature]]) -> None:
+    """Raise when readers take a column as floats of different precisions.
+
+    Integer ids widen exactly, so the narrowest integer type can feed every
+    reader. Floats cannot: feeding float16 would round what a float32 reader
+    sees, and feeding float32 to a float16 reader rounds twice when the data
+    are float64, unlike the reader's own binding, which rounds once.
+    """
+    floats: dict[np.dtype, tuple[_Source, str, InputSignature]] = {}
+    for reader in readers:
+        if reader[2].dtype.kind == "f":
+            floats.setdefault(reader[2].dtype, reader)
+    if len(floats) < 2:
+        return
+    (first, first_input, first_signature), (second, second_input, second_signature) = list(floats.values())[:2]
+    readers_text = _readers_text(column, first, second)
+    raise ModelError(
+        f"{readers_text}: graph input {first_input!r} as {first_signature.dtype} and graph input {second_input!r} as "
+        f"{second_signature.dtype}. The fused graph has one input per column, and no single float type gives both sources "
+        "the values they get alone. Re-export one model with the other's input type, or bind one input to a copy of the "
+        f"column with inputs = {{ {second_input} = \"COLUMN\" }} in its [[source]] table"
     )
 
 
@@ -713,6 +745,8 @@ def _source_predictions(sources: list[_Source], table: pa.Table, file: str, kind
             original = source.normalized.input_names[signature.name]
             feeds[signature.name] = bind_input(table, signature, source.spec.inputs.get(original, original), file)
         out = run_batched(make_session(model, "cpu"), feeds, [source.normalized.output])[source.normalized.output]
+        if source.normalized.activation == "log_softmax":
+            out = np.exp(out)  # the mixture, the metrics and the ensemble all read probabilities
         if kinds[source.spec.task] == "binary" and out.ndim == 2 and out.shape[1] == 2:
             out = out[:, 1:]  # [P(0), P(1)] columns of a classifier
         per_task.setdefault(source.spec.task, []).append(out)

@@ -29,9 +29,10 @@ namespace show the structure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,10 +89,22 @@ class FusedInput:
     shape: tuple[int | str | None, ...]
 
 
+@contextlib.contextmanager
+def _quiet_exporter_registry() -> Iterator[None]:
+    """Silence the exporter's registry warnings (one per torchvision op when torchvision is absent) during an export."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        registry.setLevel(level)
+
+
 def export_module(module: nn.Module, example: Sequence[Tensor], input_names: Sequence[str], output_names: Sequence[str], opset: int) -> onnx.ModelProto:
     """Export a torch module whose forward takes `*tensors`, with the torch exporter and every input's first axis dynamic."""
     batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter_registry():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
@@ -206,11 +219,17 @@ def _assemble_sources(layouts: Sequence[SourceLayout], opset: int, ir_version: i
     return model
 
 
-def _bind_inputs(graph: gs.Graph, layouts: Sequence[SourceLayout], fused_inputs: Sequence[FusedInput]) -> None:
-    """Replace every source's graph inputs by the data-column inputs, converting where their types differ."""
+def _bind_inputs(graph: gs.Graph, layouts: Sequence[SourceLayout], fused_inputs: Sequence[FusedInput]) -> list[dict[str, str]]:
+    """Replace every source's graph inputs by the data-column inputs, converting where their types differ.
+
+    Returns, per source, its graph input names -> the tensor that now feeds
+    each, because a frontier may pass a graph input through unchanged.
+    """
     columns = {fused.column: gs.Variable(fused.column, dtype=fused.dtype, shape=list(fused.shape)) for fused in fused_inputs}
     tensors = graph.tensors()
+    renamed: list[dict[str, str]] = []
     for layout in layouts:
+        renamed.append({})
         for value in layout.model.graph.input:
             if value.name not in tensors:
                 continue  # an input no kept node reads
@@ -219,7 +238,9 @@ def _bind_inputs(graph: gs.Graph, layouts: Sequence[SourceLayout], fused_inputs:
             fed = _feed(graph, layout.name, source_input, binding, columns)
             for node in list(source_input.outputs):
                 _replace_input(node, source_input, fed)
+            renamed[-1][value.name] = fed.name
     graph.inputs = list(columns.values())
+    return renamed
 
 
 def _feed(graph: gs.Graph, source: str, target: gs.Variable, binding: str | list[str], columns: Mapping[str, gs.Variable]) -> gs.Variable:
@@ -331,7 +352,7 @@ def recompile(
     model.eval()
     assembled = _assemble_sources(layouts, opset, ir_version)
     graph = gs.import_onnx(assembled)
-    _bind_inputs(graph, layouts, fused_inputs)
+    bound = _bind_inputs(graph, layouts, fused_inputs)
 
     # Which nodes read level-k's frontier after level k: every component past it.
     later_nodes = [
@@ -341,7 +362,7 @@ def recompile(
         ]
         for k in range(len(layouts[0].components))
     ]
-    current = [{name: name for frontier in layout.frontiers for name in frontier} for layout in layouts]
+    current = [{name: bound[m].get(name, name) for frontier in layout.frontiers for name in frontier} for m, layout in enumerate(layouts)]
 
     # 1. one AKF graph per level, spliced between the blocks
     for k, level in enumerate(model.levels, start=1):

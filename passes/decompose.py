@@ -470,7 +470,10 @@ class _Planner:
         task_output = flow.outputs[0]
         output_node = flow.producer.get(task_output)
         if output_node is None or output_node not in self.succs:
-            raise ModelError(f"output {task_output!r} is not computed from the graph inputs, so there is nothing to decompose")
+            raise ModelError(
+                f"output {task_output!r} is not computed from the graph inputs (at most from their shapes), so it is a constant "
+                "and there is nothing to decompose; choose an output computed from the features"
+            )
         chain = self.heaviest_path(self.ancestors([output_node]))
         chain_layers = [index for index in chain if index in self.epilogue]
         layer_set = set(self.layers)
