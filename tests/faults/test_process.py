@@ -30,11 +30,16 @@ from akfc.train import load_checkpoint
 
 WRAPPER = """
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 import akfc.train
+
+# A process started by a pytest-xdist worker inherits its ignored SIGINT, and Python then installs no
+# KeyboardInterrupt handler; restore the one an interactive shell gives akfc.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 marker = Path(os.environ["AKFC_TEST_MARKER"])
 state = {"checkpoints": 0, "steps": 0}
