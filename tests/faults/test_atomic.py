@@ -102,17 +102,9 @@ STALE = re.compile(r"\.(?:fused\.onnx|report\.json|report\.md|report\.png|last\.
 
 
 @pytest.fixture(scope="module")
-def workspace(adult_dir, tmp_path_factory) -> Path:
+def workspace(subprocess_workspace) -> Path:
     """A folder with two tiny sources, small train and valid tables, and the wrapper script."""
-    from models.zoo.tiny import build_tiny_zoo
-
-    folder = tmp_path_factory.mktemp("atomic")
-    for task in ("income", "marital"):
-        build_tiny_zoo(adult_dir, folder, task=task, architectures=["mlp_deep"], exporters=["legacy"])
-    for split, rows in (("train", 2000), ("valid", 500)):
-        pq.write_table(pq.read_table(adult_dir / f"{split}.parquet").slice(0, rows), folder / f"{split}.parquet")
-    (folder / "wrapper.py").write_text(WRAPPER)
-    return folder
+    return subprocess_workspace("atomic", WRAPPER)
 
 
 def _tiny_model(scale: float = 2.0, size: int = 64) -> onnx.ModelProto:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import onnx
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -77,17 +76,9 @@ ARGUMENTS = [
 
 
 @pytest.fixture(scope="module")
-def workspace(adult_dir, tmp_path_factory) -> Path:
+def workspace(subprocess_workspace) -> Path:
     """A folder with two tiny sources, small train and valid tables, and the wrapper script."""
-    from models.zoo.tiny import build_tiny_zoo
-
-    folder = tmp_path_factory.mktemp("interrupt")
-    for task in ("income", "marital"):
-        build_tiny_zoo(adult_dir, folder, task=task, architectures=["mlp_deep"], exporters=["legacy"])
-    for split, rows in (("train", 2000), ("valid", 500)):
-        pq.write_table(pq.read_table(adult_dir / f"{split}.parquet").slice(0, rows), folder / f"{split}.parquet")
-    (folder / "wrapper.py").write_text(WRAPPER)
-    return folder
+    return subprocess_workspace("interrupt", WRAPPER)
 
 
 def _environment(folder: Path, wait: bool) -> dict[str, str]:
