@@ -10,8 +10,8 @@ calls it before it writes a target again.
 An ONNX model above protobuf's 2 GiB limit is saved with its tensors in an
 external data file beside it, `<model name>.<16 hex digits>.data`. The data
 file is written under a new name first and the model file is renamed into
-place last, so the rename switches the pair at once: the old model file keeps
-reading the old data file until it is replaced.
+place last, so the rename switches the pair at once. Until then the old model
+file keeps reading the old data file.
 """
 
 from __future__ import annotations

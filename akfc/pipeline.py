@@ -57,7 +57,7 @@ from akfc.passes.id_ranges import embedding_limits, guard_ids
 from akfc.passes.load import load_model
 from akfc.passes.normalize import NormalizedSource, normalize, prune
 from akfc.passes.opset import convert_opset, target_opset
-from akfc.recompile import _WIDENS_TO, FusedInput, SourceLayout, recompile
+from akfc.recompile import WIDENS_TO, FusedInput, SourceLayout, recompile
 from akfc.report import draw_report, json_text, markdown_text
 from akfc.runtime import make_session, run_batched
 from akfc.serving import FusedMetadata, SourceRecord, file_sha256, input_signatures
@@ -510,9 +510,10 @@ def _fused_inputs(sources: list[_Source], table: pa.Table, file: str) -> list[Fu
                 )
             _check_one_value_per_row(source, original, signature, binding, readers.get(binding, []))
             readers.setdefault(binding, []).append((source, original, signature))
-            # One value per row: a source that reads [batch, 1] gets it through an Unsqueeze.
-            first = readers[binding][0][2]
-            chosen[binding] = FusedInput(binding, _column_dtype(binding, readers[binding], table, file), (first.shape[0],))
+    for column, column_readers in readers.items():
+        # One value per row: a source that reads [batch, 1] gets it through an Unsqueeze.
+        batch = column_readers[0][2].shape[0]
+        chosen[column] = FusedInput(column, _column_dtype(column, column_readers, table, file), (batch,))
     for column, fused in packed.items():
         chosen.setdefault(column, fused)
     return list(chosen.values())
@@ -546,19 +547,20 @@ def _column_dtype(column: str, readers: Sequence[tuple[_Source, str, InputSignat
 
     When there is none, a reader that the data itself cannot feed (floats with
     fractions for an integer input) raises its DataError first, because that
-    names the row; otherwise a ModelError names two readers whose types conflict.
+    error names the row. Otherwise a ModelError names two readers whose types
+    conflict.
     """
     dtypes = list(dict.fromkeys(signature.dtype for _, _, signature in readers))
     _reject_mixed_float_precisions(column, readers)
     for candidate in dtypes:
-        if all(dtype == candidate or dtype in _WIDENS_TO.get(candidate, set()) for dtype in dtypes):
+        if all(dtype == candidate or dtype in WIDENS_TO.get(candidate, set()) for dtype in dtypes):
             return candidate
     if not table.column(column).null_count:  # empty values are filled later (--fill) or reported by the binding
         for _, _, signature in readers:
             bind_input(table, signature, column, file)
 
     def convertible(a: np.dtype, b: np.dtype) -> bool:
-        return a == b or b in _WIDENS_TO.get(a, set()) or a in _WIDENS_TO.get(b, set())
+        return a == b or b in WIDENS_TO.get(a, set()) or a in WIDENS_TO.get(b, set())
 
     pairs = [(x, y) for i, x in enumerate(readers) for y in readers[i + 1 :] if not convertible(x[2].dtype, y[2].dtype)]
     (first, first_input, first_signature), (second, second_input, second_signature) = pairs[0] if pairs else (readers[0], readers[-1])
@@ -581,9 +583,9 @@ def _reject_mixed_float_precisions(column: str, readers: Sequence[tuple[_Source,
     """Raise when readers take a column as floats of different precisions.
 
     Integer ids widen exactly, so the narrowest integer type can feed every
-    reader. Floats cannot: feeding float16 would round what a float32 reader
-    sees, and feeding float32 to a float16 reader rounds twice when the data
-    are float64, unlike the reader's own binding, which rounds once.
+    reader. Floats cannot: feeding float16 would round the values a float32
+    reader receives. Feeding float32 to a float16 reader rounds float64 data
+    twice, while the reader's own binding rounds once.
     """
     floats: dict[np.dtype, tuple[_Source, str, InputSignature]] = {}
     for reader in readers:
@@ -669,9 +671,7 @@ def _training_set(sources: list[_Source], kinds: Mapping[str, str], spec: Compil
 
 
 def _source_classes(sources: list[_Source], task: str) -> int:
-    source = next(s for s in sources if s.spec.task == task)
-    spec = next(t for t in source.decomposition.head.outputs if t.name == source.normalized.output)
-    return int(spec.shape[-1])
+    return _output_width(next(s for s in sources if s.spec.task == task))
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -918,7 +918,7 @@ def _write(output: Path, fused: onnx.ModelProto, report: dict[str, Any], externa
     """Write the report files and the fused graph: every file is complete before the first one is renamed into place."""
     report_json, report_md, report_png = _report_paths(output)
     # NOTE: the renames run one after another, so a process killed between two of them leaves some report
-    # files new and the graph old; the graph, renamed last, is never newer than its report.
+    # files new and the graph old. The graph is renamed last, so it is never newer than its report.
     files = save_model_atomic(
         output, fused, external_data=external_data,
         beside=[

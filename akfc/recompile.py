@@ -47,12 +47,12 @@ from torch import Tensor, nn
 from akfc.errors import ModelError
 from akfc.fusion import AKFLevel, FusedModel, TaskMixture
 
-__all__ = ["FusedInput", "SourceLayout", "export_module", "recompile"]
+__all__ = ["WIDENS_TO", "FusedInput", "SourceLayout", "export_module", "recompile"]
 
 logger = logging.getLogger(__name__)
 
 # Lossless widening casts a fused input may feed: fused dtype -> dtypes a source may read it as.
-_WIDENS_TO = {
+WIDENS_TO = {
     np.dtype(np.int32): {np.dtype(np.int64), np.dtype(np.float64)},
     np.dtype(np.int8): {np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)},
     np.dtype(np.int16): {np.dtype(np.int32), np.dtype(np.int64)},
@@ -266,7 +266,7 @@ def _cast(graph: gs.Graph, column: gs.Variable, dtype: np.dtype, prefix: str, so
     if have == dtype:
         return column
     numeric = have.kind in "biuf" and dtype.kind in "biuf"
-    if not (packed and numeric) and dtype not in _WIDENS_TO.get(have, set()):
+    if not (packed and numeric) and dtype not in WIDENS_TO.get(have, set()):
         raise ModelError(
             f"source {source!r}: graph input {input_name!r} needs {dtype} but column {column.name!r} is fed as {have}, "
             "and that cast can lose values; make the sources agree on the input type"

@@ -25,7 +25,7 @@ so that its peak memory is that of its own process tree:
 Every compile trains exactly one epoch (``epochs = 1``), so that runs are
 comparable. It caches stem outputs beyond ``--cache-budget-mb`` in
 memory-mapped files. The default budget is below the largest run's stem
-outputs only, so that run alone takes the memory-mapped path; the results
+outputs only, so that run alone takes the memory-mapped path. The results
 list the outputs that did. The growth exponent k of time = c * x^k is fitted
 by least squares on log-log axes, over the compile's own stage times (process
 start and imports excluded).

@@ -22,7 +22,7 @@ thread count unless ``--threads`` sets one. One warm-up epoch, which contains
 torch.compile's compilation, is timed apart. The epoch time is the median
 over the timed epochs that follow, and throughput is train rows over that
 time. AKF trains on its stem outputs, which onnxruntime computes once per
-split before the first epoch; that one-off time is reported beside the
+split before the first epoch. That one-off time is reported beside the
 figures (the plan's "stems" stage), not inside them. Validation is not part
 of an epoch here.
 

@@ -4,7 +4,7 @@ The kill tests run `akfc compile --force` over an old fused.onnx in a
 subprocess, through a wrapper script that sends itself SIGKILL at one point.
 That point is the middle of epoch 2, the start of the torch export, or
 halfway through writing the fused graph's bytes. A killed process cannot clean up,
-so its temporaries stay behind; they must be recognisably stale (hidden,
+so its temporaries stay behind. They must be recognisably stale (hidden,
 named after their target and the dead process, ending in .tmp), and the next
 compile of the same output removes them.
 """

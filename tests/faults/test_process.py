@@ -36,8 +36,8 @@ from pathlib import Path
 
 import akfc.train
 
-# A process started by a pytest-xdist worker inherits its ignored SIGINT, and Python then installs no
-# KeyboardInterrupt handler; restore the one an interactive shell gives akfc.
+# A process started by a pytest-xdist worker inherits its ignored SIGINT, so Python installs no
+# KeyboardInterrupt handler. Restore the one an interactive shell gives akfc.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 marker = Path(os.environ["AKFC_TEST_MARKER"])
